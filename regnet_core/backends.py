@@ -1,0 +1,83 @@
+"""The three backends behind one small interface, imported only when a command needs one.
+
+Each backend package has a ``backend`` module with:
+
+- ``build(config, with_head, seed)``: a freshly initialised model (framework RNG seeded);
+- ``from_canonical(config, state, with_head)``: a model holding canonical numpy weights;
+- ``to_canonical(model)``: its weights as canonical numpy arrays;
+- ``run(model, pixel_values_nchw, output_hidden_states)``: outputs as numpy arrays in NCHW.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import is_checkpoint_dir, load_checkpoint
+from .config import RegNetConfig
+from .specs import build_model_spec
+from .weights import BASE_PREFIX, random_state
+from .zoo import get_entry, is_zoo_name
+
+FRAMEWORKS = ("pt", "tf", "flax")
+_MODULES = {"pt": "regnet_pt.backend", "tf": "regnet_tf.backend", "flax": "regnet_flax.backend"}
+_EXTRAS = {"pt": "torch", "tf": "tf", "flax": "flax"}
+_ALIASES = {"torch": "pt", "pytorch": "pt", "tensorflow": "tf", "keras": "tf", "jax": "flax"}
+
+
+class BackendUnavailableError(ImportError):
+    """A framework that is not installed; the message names the extra to install."""
+
+
+def framework_name(name: str) -> str:
+    """Normalise a framework name ('torch' -> 'pt', ...); unknown names raise ValueError."""
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {name!r}; expected one of {', '.join(FRAMEWORKS)}")
+    return key
+
+
+def get_backend(name: str) -> ModuleType:
+    """Import a backend's adapter module; a missing framework raises BackendUnavailableError."""
+    key = framework_name(name)
+    try:
+        return importlib.import_module(_MODULES[key])
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"the {key} backend needs a framework that is not installed ({error}); "
+            f"install it with: pip install -c constraints.txt -e '.[{_EXTRAS[key]}]'"
+        ) from None
+
+
+def state_has_head(state: Mapping[str, Any]) -> bool:
+    """True for RegNetForImageClassification weights (names under ``regnet.``)."""
+    return any(name.startswith(BASE_PREFIX) for name in state)
+
+
+def config_has_head(config: RegNetConfig) -> bool:
+    """False when the config names the trunk class (RegNetModel) as its architecture."""
+    return not (config.architectures and list(config.architectures) == ["RegNetModel"])
+
+
+def resolve_checkpoint(ckpt: str, seed: int = 0) -> tuple[RegNetConfig, dict[str, np.ndarray], bool, str]:
+    """(config, canonical state, with_head, description) for a checkpoint directory or a zoo name.
+
+    A zoo name gives seeded random weights with randomised BN statistics and head.
+    """
+    if is_checkpoint_dir(ckpt):
+        config, state = load_checkpoint(ckpt)
+        return config, state, state_has_head(state), str(Path(ckpt))
+    if Path(ckpt).exists():
+        load_checkpoint(ckpt)  # raises the precise error (file, or a directory without config.json)
+    if not is_zoo_name(ckpt):
+        get_entry(ckpt)  # raises UnknownModelError with suggestions
+    entry = get_entry(ckpt)
+    config = entry.config()
+    with_head = not entry.is_trunk
+    state = random_state(build_model_spec(config), seed=seed, with_head=with_head)
+    return config, state, with_head, f"{entry.name} (random weights, seed {seed})"

@@ -1,0 +1,236 @@
+"""The canonical parameter table: every tensor's name, shape and kind, derived from the specs.
+
+Canonical means Hugging Face transformers' PyTorch names and layouts: convolutions OIHW
+(I = input channels per group), dense (out, in), BatchNorm as weight / bias /
+running_mean / running_var / num_batches_tracked. A transformers RegNet checkpoint is
+therefore already canonical. Backends map this table to their own names and layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .specs import BlockSpec, ModelSpec
+
+BASE_PREFIX = "regnet."
+
+# Kinds of canonical tensors; each backend knows how to lay each one out.
+CONV = "conv"  # (out, in/groups, kh, kw)
+CONV_BIAS = "conv_bias"  # (out,)
+BN_WEIGHT = "bn_weight"
+BN_BIAS = "bn_bias"
+BN_MEAN = "bn_mean"
+BN_VAR = "bn_var"
+BN_COUNT = "bn_count"  # num_batches_tracked: PyTorch bookkeeping, optional on load
+DENSE = "dense"  # (out, in)
+DENSE_BIAS = "dense_bias"
+KINDS = (CONV, CONV_BIAS, BN_WEIGHT, BN_BIAS, BN_MEAN, BN_VAR, BN_COUNT, DENSE, DENSE_BIAS)
+BN_KINDS = (BN_WEIGHT, BN_BIAS, BN_MEAN, BN_VAR, BN_COUNT)
+TRAINABLE_KINDS = (CONV, CONV_BIAS, BN_WEIGHT, BN_BIAS, DENSE, DENSE_BIAS)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One canonical tensor: name, shape, kind and the module path it belongs to."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    module: str
+
+    @property
+    def dtype(self) -> np.dtype:
+        """int64 for num_batches_tracked, float32 otherwise."""
+        return np.dtype(np.int64) if self.kind == BN_COUNT else np.dtype(np.float32)
+
+    @property
+    def optional(self) -> bool:
+        """True for tensors a checkpoint may omit (num_batches_tracked)."""
+        return self.kind == BN_COUNT
+
+
+def _conv(module: str, c_in: int, c_out: int, kernel: int, groups: int = 1, bias: bool = False) -> Iterator[TensorSpec]:
+    yield TensorSpec(f"{module}.weight", (c_out, c_in // groups, kernel, kernel), CONV, module)
+    if bias:
+        yield TensorSpec(f"{module}.bias", (c_out,), CONV_BIAS, module)
+
+
+def _bn(module: str, channels: int) -> Iterator[TensorSpec]:
+    yield TensorSpec(f"{module}.weight", (channels,), BN_WEIGHT, module)
+    yield TensorSpec(f"{module}.bias", (channels,), BN_BIAS, module)
+    yield TensorSpec(f"{module}.running_mean", (channels,), BN_MEAN, module)
+    yield TensorSpec(f"{module}.running_var", (channels,), BN_VAR, module)
+    yield TensorSpec(f"{module}.num_batches_tracked", (), BN_COUNT, module)
+
+
+def _conv_bn(module: str, c_in: int, c_out: int, kernel: int, groups: int = 1) -> Iterator[TensorSpec]:
+    yield from _conv(f"{module}.convolution", c_in, c_out, kernel, groups)
+    yield from _bn(f"{module}.normalization", c_out)
+
+
+def block_module_names(block: BlockSpec) -> dict[str, str]:
+    """Relative module names inside a block: projection, conv a, conv b, SE, conv c."""
+    names = {"a": "layer.0", "b": "layer.1"}
+    if block.has_se:
+        names.update(se="layer.2", c="layer.3")
+    else:
+        names.update(c="layer.2")
+    if block.has_projection:
+        names["projection"] = "shortcut"
+    return names
+
+
+def _block(prefix: str, block: BlockSpec) -> Iterator[TensorSpec]:
+    names = block_module_names(block)
+    if block.has_projection:
+        yield from _conv_bn(f"{prefix}.shortcut", block.input_width, block.width, 1)
+    yield from _conv_bn(f"{prefix}.{names['a']}", block.input_width, block.bottleneck_width, 1)
+    yield from _conv_bn(f"{prefix}.{names['b']}", block.bottleneck_width, block.bottleneck_width, 3, block.groups)
+    if block.has_se:
+        yield from _conv(f"{prefix}.{names['se']}.attention.0", block.bottleneck_width, block.se_width, 1, bias=True)
+        yield from _conv(f"{prefix}.{names['se']}.attention.2", block.se_width, block.bottleneck_width, 1, bias=True)
+    yield from _conv_bn(f"{prefix}.{names['c']}", block.bottleneck_width, block.width, 1)
+
+
+def block_prefix(stage_index: int, block_index: int) -> str:
+    """Canonical module path of a block (without the model prefix)."""
+    return f"encoder.stages.{stage_index}.layers.{block_index}"
+
+
+def parameter_table(spec: ModelSpec, with_head: bool = True) -> list[TensorSpec]:
+    """Every canonical tensor of the model, in forward order.
+
+    ``with_head`` gives RegNetForImageClassification's names (``regnet.`` prefix and the
+    ``classifier.1`` dense layer when num_labels > 0); without it, RegNetModel's names.
+    """
+    prefix = BASE_PREFIX if with_head else ""
+    table = list(_conv_bn(f"{prefix}embedder.embedder", spec.stem.input_width, spec.stem.width, spec.stem.kernel_size))
+    for stage_index, block_index, block in spec.blocks():
+        table.extend(_block(prefix + block_prefix(stage_index, block_index), block))
+    if with_head and spec.head.num_labels > 0:
+        table.append(
+            TensorSpec("classifier.1.weight", (spec.head.num_labels, spec.head.input_width), DENSE, "classifier.1")
+        )
+        table.append(TensorSpec("classifier.1.bias", (spec.head.num_labels,), DENSE_BIAS, "classifier.1"))
+    return table
+
+
+def count_parameters(table: list[TensorSpec]) -> int:
+    """Number of trainable values in a table (BN running statistics excluded)."""
+    return sum(int(np.prod(t.shape)) for t in table if t.kind in TRAINABLE_KINDS)
+
+
+def random_state(spec: ModelSpec, seed: int = 0, with_head: bool = True) -> dict[str, np.ndarray]:
+    """Seeded random canonical weights with non-trivial BN statistics and head, for parity checks.
+
+    Convolutions are He-normal (fan-out, as pycls), BN scales and running variances are
+    drawn from [0.5, 1.5], shifts and running means from N(0, 0.1^2), the classifier from
+    N(0, 1/fan_in) with a N(0, 0.1^2) bias. Nothing is an identity, so a wrong layout,
+    padding or BN buffer shows up in the outputs.
+    """
+    rng = np.random.default_rng(seed)
+    state: dict[str, np.ndarray] = {}
+    for tensor in parameter_table(spec, with_head):
+        shape = tensor.shape
+        if tensor.kind == CONV:
+            fan_out = shape[0] * shape[2] * shape[3]
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_out), shape)
+        elif tensor.kind in (BN_WEIGHT, BN_VAR):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif tensor.kind in (BN_BIAS, BN_MEAN, CONV_BIAS, DENSE_BIAS):
+            value = rng.normal(0.0, 0.1, shape)
+        elif tensor.kind == DENSE:
+            value = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), shape)
+        else:  # BN_COUNT
+            value = np.zeros(shape)
+        state[tensor.name] = value.astype(tensor.dtype)
+    return state
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the model: lists every missing, unexpected and mis-shaped key."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str], context: str = "") -> None:
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with the wrong shape: {', '.join(mismatched)}")
+        where = f" {context}" if context else ""
+        super().__init__(f"checkpoint{where} does not match the model: " + "; ".join(parts))
+
+
+def check_state(state: Mapping[str, np.ndarray], table: list[TensorSpec], context: str = "") -> None:
+    """Raise CheckpointMismatchError unless ``state`` has exactly the table's tensors and shapes.
+
+    Optional tensors (num_batches_tracked) may be absent.
+    """
+    expected = {t.name: t for t in table}
+    missing = [t.name for t in table if t.name not in state and not t.optional]
+    unexpected = sorted(name for name in state if name not in expected)
+    mismatched = [
+        f"{name} (expected {expected[name].shape}, got {tuple(np.shape(value))})"
+        for name, value in state.items()
+        if name in expected and tuple(np.shape(value)) != expected[name].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(missing, unexpected, mismatched, context)
+
+
+def complete_state(state: Mapping[str, np.ndarray], table: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Checked copy of ``state`` in table order, float32 tensors and zero num_batches_tracked filled in."""
+    check_state(state, table)
+    out = {}
+    for tensor in table:
+        value = state.get(tensor.name)
+        if value is None:
+            value = np.zeros(tensor.shape, tensor.dtype)
+        out[tensor.name] = np.asarray(value).astype(tensor.dtype, copy=False)
+    return out
+
+
+def strip_head(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """RegNetModel names from RegNetForImageClassification names (drops the classifier)."""
+    return {k[len(BASE_PREFIX) :]: v for k, v in state.items() if k.startswith(BASE_PREFIX)}
+
+
+def add_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """RegNetForImageClassification trunk names from RegNetModel names."""
+    return {BASE_PREFIX + k: v for k, v in state.items()}
+
+
+HEAD_PREFIX = "classifier."
+
+
+def prepare_state(
+    state: Mapping[str, np.ndarray],
+    spec: ModelSpec,
+    *,
+    with_head: bool,
+    reinit_head: bool = False,
+    context: str = "",
+) -> tuple[list[TensorSpec], dict[str, np.ndarray]]:
+    """Fit a canonical state to a model: (table, checked and completed state in table order).
+
+    A classification checkpoint loads into a trunk (its classifier is dropped, as
+    transformers does); a trunk checkpoint loads into a classifier only with
+    ``reinit_head``, which also ignores any classifier in the checkpoint. Anything else
+    that does not fit raises CheckpointMismatchError listing every problem.
+    """
+    table = parameter_table(spec, with_head)
+    has_prefix = any(name.startswith(BASE_PREFIX) for name in state)
+    if with_head and not has_prefix:
+        state = add_prefix(state)
+    elif not with_head and has_prefix:
+        state = strip_head(state)
+    if with_head and reinit_head:
+        table = [t for t in table if not t.name.startswith(HEAD_PREFIX)]
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    check_state(state, table, context)
+    return table, complete_state(state, table)
