@@ -1,0 +1,12 @@
+"""RegNet in PyTorch: transformers-compatible modules built from regnet_core's specs."""
+
+from .modeling import RegNetForImageClassification, RegNetModel, RegNetPreTrainedModel
+from .weights import state_from_canonical, state_to_canonical
+
+__all__ = [
+    "RegNetForImageClassification",
+    "RegNetModel",
+    "RegNetPreTrainedModel",
+    "state_from_canonical",
+    "state_to_canonical",
+]

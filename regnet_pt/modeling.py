@@ -1,0 +1,319 @@
+"""RegNet in PyTorch, built by iterating the core's specs.
+
+Module names reproduce transformers' RegNet so that state dicts are interchangeable
+(``regnet.encoder.stages.0.layers.0.shortcut.normalization.running_var`` and so on).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from regnet_core.checkpoint import load_checkpoint, save_checkpoint
+from regnet_core.config import RegNetConfig
+from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, resolve_problem_type
+from regnet_core.specs import BlockSpec, ModelSpec, build_model_spec
+
+from .weights import state_from_canonical, state_to_canonical
+
+_ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "silu": lambda: nn.SiLU(inplace=True),
+    "swish": lambda: nn.SiLU(inplace=True),
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+def make_activation(name: str | None) -> nn.Module:
+    """The activation module for a config's hidden_act (identity for None)."""
+    return nn.Identity() if name is None else _ACTIVATIONS[name]()
+
+
+class ConvNormAct(nn.Module):
+    """Conv (symmetric k // 2 padding, no bias), BatchNorm, optional activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str | None = None,
+        spec: ModelSpec | None = None,
+    ) -> None:
+        super().__init__()
+        eps, momentum = (spec.bn_eps, spec.bn_momentum) if spec is not None else (1e-5, 0.1)
+        self.convolution = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
+        )
+        self.normalization = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
+        self.activation = make_activation(activation)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.normalization(self.convolution(hidden_state)))
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation: global pool, 1x1 conv down, ReLU, 1x1 conv up, sigmoid gate."""
+
+    def __init__(self, channels: int, se_width: int) -> None:
+        super().__init__()
+        self.pooler = nn.AdaptiveAvgPool2d((1, 1))
+        self.attention = nn.Sequential(
+            nn.Conv2d(channels, se_width, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(se_width, channels, kernel_size=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return hidden_state * self.attention(self.pooler(hidden_state))
+
+
+class Bottleneck(nn.Module):
+    """Residual bottleneck: 1x1, grouped 3x3 (stride here), optional SE, 1x1; projection when shapes change."""
+
+    def __init__(self, block: BlockSpec, spec: ModelSpec) -> None:
+        super().__init__()
+        self.shortcut = (
+            ConvNormAct(block.input_width, block.width, 1, block.stride, spec=spec)
+            if block.has_projection
+            else nn.Identity()
+        )
+        layers: list[nn.Module] = [
+            ConvNormAct(block.input_width, block.bottleneck_width, 1, activation=spec.activation, spec=spec),
+            ConvNormAct(
+                block.bottleneck_width,
+                block.bottleneck_width,
+                3,
+                block.stride,
+                block.groups,
+                activation=spec.activation,
+                spec=spec,
+            ),
+        ]
+        if block.has_se:
+            layers.append(SqueezeExcitation(block.bottleneck_width, block.se_width))
+        layers.append(ConvNormAct(block.bottleneck_width, block.width, 1, spec=spec))
+        self.layer = nn.Sequential(*layers)
+        self.activation = make_activation(spec.activation)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        residual = self.shortcut(hidden_state)
+        return self.activation(self.layer(hidden_state) + residual)
+
+
+class Stage(nn.Module):
+    """The blocks of one stage, in a Sequential named ``layers``."""
+
+    def __init__(self, blocks: tuple[BlockSpec, ...], spec: ModelSpec) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(Bottleneck(block, spec) for block in blocks))
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return self.layers(hidden_state)
+
+
+class Encoder(nn.Module):
+    """All stages."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(Stage(stage.blocks, spec) for stage in spec.stages)
+
+
+class Embeddings(nn.Module):
+    """The stem: 3x3 stride-2 conv, BN, activation."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        stem = spec.stem
+        self.embedder = ConvNormAct(
+            stem.input_width, stem.width, stem.kernel_size, stem.stride, activation=spec.activation, spec=spec
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.embedder(pixel_values)
+
+
+class RegNetPreTrainedModel(nn.Module):
+    """Shared construction, initialisation and checkpoint I/O."""
+
+    _with_head = False
+
+    def __init__(self, config: RegNetConfig) -> None:
+        super().__init__()
+        if not isinstance(config, RegNetConfig):
+            raise TypeError(f"expected a RegNetConfig, got {type(config).__name__}")
+        self.config = config
+        self.spec = build_model_spec(config)
+
+    # -------------------------------------------------------------- init
+    @torch.no_grad()
+    def init_weights(self, zero_init_last_bn: bool = False) -> None:
+        """pycls initialisation: He-normal (fan-out) convs, BN (1, 0), classifier N(0, 0.01), zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                module.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+            elif isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, 0.01)
+                module.bias.zero_()
+        if zero_init_last_bn:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    module.layer[-1].normalization.weight.zero_()
+
+    # -------------------------------------------------------------- checkpoints
+    def canonical_state(self) -> dict[str, Any]:
+        """The weights as canonical numpy arrays (transformers names and layouts)."""
+        return state_to_canonical(self.state_dict())
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
+        """Write config.json and model.safetensors (sharded above ``max_shard_size``)."""
+        config = self.config.copy(architectures=[type(self).__name__])
+        return save_checkpoint(directory, config, self.canonical_state(), max_shard_size)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, reinit_head: bool = False, **config_changes: Any
+    ) -> RegNetPreTrainedModel:
+        """Load a checkpoint directory strictly; every missing, unexpected or mis-shaped key is reported at once.
+
+        ``reinit_head=True`` keeps the trunk and starts a fresh classifier (for fine-tuning,
+        e.g. with ``num_labels=10``). Other keywords change config fields before building.
+        The model is returned in eval mode.
+        """
+        config, state = load_checkpoint(directory)
+        if config_changes:
+            config = config.copy(**config_changes)
+        model = cls(config, _skip_init=True)
+        model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}")
+        return model.eval()
+
+    def load_canonical_state(
+        self, state: dict[str, Any], *, reinit_head: bool = False, context: str = ""
+    ) -> RegNetPreTrainedModel:
+        """Load canonical numpy weights in place, strictly (see ``from_pretrained``)."""
+        tensors = state_from_canonical(
+            state, self.spec, with_head=self._with_head, reinit_head=reinit_head, context=context
+        )
+        on_meta = next(self.parameters()).device.type == "meta"
+        if not on_meta:
+            device = next(self.parameters()).device
+            tensors = {name: value.to(device) for name, value in tensors.items()}
+        self.load_state_dict(tensors, strict=not reinit_head, assign=on_meta)
+        if reinit_head and self._with_head:
+            self.reset_classifier()
+        return self
+
+    def reset_classifier(self) -> None:
+        """Overridden by models with a head."""
+
+
+class RegNetModel(RegNetPreTrainedModel):
+    """The RegNet trunk: stem and stages, with global average pooling."""
+
+    def __init__(self, config: RegNetConfig, *, zero_init_last_bn: bool = False, _skip_init: bool = False) -> None:
+        super().__init__(config)
+        with torch.device("meta") if _skip_init else nullcontext():
+            self.embedder = Embeddings(self.spec)
+            self.encoder = Encoder(self.spec)
+            self.pooler = nn.AdaptiveAvgPool2d((1, 1))
+        if not _skip_init:
+            self.init_weights(zero_init_last_bn)
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True
+    ) -> ModelOutput | tuple:
+        """NCHW float batch -> last_hidden_state, pooler_output (B, C, 1, 1), hidden_states (stem, every stage)."""
+        check_pixel_values(
+            tuple(pixel_values.shape),
+            pixel_values.is_floating_point(),
+            str(pixel_values.dtype),
+            self.spec.stem.input_width,
+            "NCHW",
+        )
+        hidden_state = self.embedder(pixel_values)
+        hidden_states = [hidden_state]
+        for stage in self.encoder.stages:
+            hidden_state = stage(hidden_state)
+            hidden_states.append(hidden_state)
+        output = ModelOutput(
+            last_hidden_state=hidden_state,
+            pooler_output=self.pooler(hidden_state),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class RegNetForImageClassification(RegNetPreTrainedModel):
+    """RegNet trunk plus a linear classifier on the pooled features (identity when num_labels is 0)."""
+
+    _with_head = True
+
+    def __init__(self, config: RegNetConfig, *, zero_init_last_bn: bool = False, _skip_init: bool = False) -> None:
+        super().__init__(config)
+        self.regnet = RegNetModel(config, _skip_init=True)
+        with torch.device("meta") if _skip_init else nullcontext():
+            self.classifier = nn.Sequential(nn.Flatten(), self._new_linear())
+        if not _skip_init:
+            self.regnet.to_empty(device="cpu")
+            self.init_weights(zero_init_last_bn)
+
+    def _new_linear(self) -> nn.Module:
+        head = self.spec.head
+        return nn.Linear(head.input_width, head.num_labels) if head.num_labels > 0 else nn.Identity()
+
+    @torch.no_grad()
+    def reset_classifier(self) -> None:
+        """A fresh pycls-initialised classifier on the trunk's device."""
+        device = next(self.regnet.parameters()).device
+        linear = self._new_linear().to(device)
+        if isinstance(linear, nn.Linear):
+            linear.weight.normal_(0.0, 0.01)
+            linear.bias.zero_()
+        self.classifier[1] = linear
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> ModelOutput | tuple:
+        """Logits for an NCHW batch; with ``labels``, the loss chosen by config.problem_type."""
+        outputs = self.regnet(pixel_values, output_hidden_states=output_hidden_states)
+        logits = self.classifier(outputs.pooler_output)
+        loss = None if labels is None else self.loss(logits, labels)
+        output = ModelOutput(loss=loss, logits=logits, **outputs)
+        return output if return_dict else output.to_tuple()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Regression (MSE), single-label (cross-entropy) or multi-label (BCE with logits)."""
+        num_labels = self.config.num_labels
+        problem_type = resolve_problem_type(
+            self.config.problem_type, num_labels, labels.dtype in (torch.int64, torch.int32)
+        )
+        check_labels(problem_type, tuple(labels.shape), logits.shape[0], num_labels)
+        if problem_type == "regression":
+            if num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long())
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

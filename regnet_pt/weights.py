@@ -1,0 +1,36 @@
+"""PyTorch <-> canonical weights. PyTorch's names and layouts are the canonical ones, so this
+only moves tensors between torch and numpy and fits trunk/classifier prefixes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from regnet_core.specs import ModelSpec
+from regnet_core.weights import prepare_state
+
+
+def state_to_canonical(state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A PyTorch state dict as contiguous numpy arrays (bfloat16 widened to float32)."""
+    out = {}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        out[name] = np.array(tensor.numpy(), order="C", copy=True)
+    return out
+
+
+def state_from_canonical(
+    state: Mapping[str, np.ndarray],
+    spec: ModelSpec,
+    *,
+    with_head: bool,
+    reinit_head: bool = False,
+    context: str = "",
+) -> dict[str, torch.Tensor]:
+    """Checked canonical numpy arrays as torch tensors, named for the model (see core prepare_state)."""
+    _, prepared = prepare_state(state, spec, with_head=with_head, reinit_head=reinit_head, context=context)
+    return {name: torch.from_numpy(np.array(value, copy=not value.flags.writeable)) for name, value in prepared.items()}
