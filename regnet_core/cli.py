@@ -1,0 +1,251 @@
+"""The ``regnet`` command. Exit codes: 0 success, 1 a check failed, 2 bad input (one line, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import BackendUnavailableError, config_has_head, framework_name, get_backend, resolve_checkpoint
+from .checkpoint import is_checkpoint_dir, load_checkpoint
+from .complexity import model_complexity
+from .config import RegNetConfig
+from .io import atomic_write
+from .outputs import check_pixel_values
+from .specs import ModelSpec, build_model_spec
+from .zoo import ZOO, get_entry
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line usage; reported in one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _human(value: int) -> str:
+    for unit, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- list
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name, entry in ZOO.items():
+        report = model_complexity(build_model_spec(entry.config()), 224)
+        rows.append({"name": name, "paper_name": entry.paper_name, "flops": report.flops, "params": report.params})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'name':<26}{'paper name':<22}{'flops@224':>12}{'params':>12}")
+    for row in rows:
+        print(f"{row['name']:<26}{row['paper_name']:<22}{_human(row['flops']):>12}{_human(row['params']):>12}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- info
+def _load_config(name_or_dir: str) -> tuple[str, RegNetConfig, dict[str, Any] | None]:
+    if Path(name_or_dir).exists():
+        if Path(name_or_dir).is_file() and name_or_dir.endswith(".json"):
+            return name_or_dir, RegNetConfig.from_json_file(name_or_dir), None
+        if not is_checkpoint_dir(name_or_dir):
+            load_checkpoint(name_or_dir)  # raises the precise error
+        return Path(name_or_dir).name, RegNetConfig.from_pretrained(name_or_dir), None
+    entry = get_entry(name_or_dir)
+    design = {
+        "depth": entry.depth,
+        "w0": entry.w0,
+        "wa": entry.wa,
+        "wm": entry.wm,
+        "group_width": entry.group_width,
+        "se_ratio": entry.se_ratio,
+    }
+    return entry.name, entry.config(), design
+
+
+def model_info(name_or_dir: str, image_size: int = 224) -> dict[str, Any]:
+    """Everything ``regnet info --json`` prints, as a dict."""
+    name, config, design = _load_config(name_or_dir)
+    spec = build_model_spec(config)
+    if not config_has_head(config):
+        spec = build_model_spec(config.copy(num_labels=0))
+    report = model_complexity(spec, image_size)
+    return {
+        "name": name,
+        "layer_type": spec.layer_type,
+        "image_size": image_size,
+        "num_labels": spec.head.num_labels,
+        "stem": {"width": spec.stem.width, "stride": spec.stem.stride, "kernel_size": spec.stem.kernel_size},
+        "stages": [_stage_info(spec, index) for index in range(len(spec.stages))],
+        "flops": report.flops,
+        "params": report.params,
+        "acts": report.acts,
+        "parts": report.parts,
+        **({"design": design} if design else {}),
+    }
+
+
+def _stage_info(spec: ModelSpec, index: int) -> dict[str, Any]:
+    stage = spec.stages[index]
+    return {
+        "width": stage.width,
+        "depth": stage.depth,
+        "groups": stage.groups,
+        "group_width": stage.group_width,
+        "stride": stage.stride,
+        "se_width": stage.se_width,
+        "bottleneck_width": stage.bottleneck_width,
+        "input_width": stage.input_width,
+        "block_se_widths": [block.se_width for block in stage.blocks],
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = model_info(args.model, args.image_size)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    design = info.get("design")
+    print(
+        info["name"]
+        + (
+            f"  (d={design['depth']} w0={design['w0']} wa={design['wa']} wm={design['wm']} "
+            f"g={design['group_width']} se_ratio={design['se_ratio']})"
+            if design
+            else ""
+        )
+    )
+    print(
+        f"stem: {info['stem']['kernel_size']}x{info['stem']['kernel_size']} conv, width {info['stem']['width']}, "
+        f"stride {info['stem']['stride']}; {info['layer_type'].upper()} blocks"
+    )
+    print(f"{'stage':<7}{'width':>7}{'depth':>7}{'groups':>8}{'group_width':>13}{'stride':>8}{'se_width':>10}")
+    for index, stage in enumerate(info["stages"], start=1):
+        print(
+            f"{index:<7}{stage['width']:>7}{stage['depth']:>7}{stage['groups']:>8}{stage['group_width']:>13}"
+            f"{stage['stride']:>8}{stage['se_width']:>10}"
+        )
+    head = f"{info['num_labels']} classes" if info["num_labels"] else "no classifier"
+    print(
+        f"at {info['image_size']}x{info['image_size']}, {head}: flops {_human(info['flops'])} ({info['flops']}), "
+        f"params {_human(info['params'])} ({info['params']}), acts {_human(info['acts'])} ({info['acts']})"
+    )
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- init
+def _cmd_init(args: argparse.Namespace) -> int:
+    backend = get_backend(args.framework)
+    entry = get_entry(args.model)
+    config = entry.config()
+    model = backend.build(config, with_head=not entry.is_trunk, seed=args.seed)
+    from .checkpoint import save_checkpoint
+
+    architectures = ["RegNetModel" if entry.is_trunk else "RegNetForImageClassification"]
+    save_checkpoint(args.out, config.copy(architectures=architectures), backend.to_canonical(model))
+    print(f"wrote {args.out} ({entry.name}, {framework_name(args.framework)} initialisation, seed {args.seed})")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- logits
+def _read_nchw(path: str, num_channels: int) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no input file at {path}") from None
+    except (ValueError, OSError) as error:
+        raise ValueError(f"cannot read {path} as a .npy array: {error}") from None
+    check_pixel_values(array.shape, np.issubdtype(array.dtype, np.floating), str(array.dtype), num_channels, "NCHW")
+    return array.astype(np.float32, copy=False)
+
+
+def _cmd_logits(args: argparse.Namespace) -> int:
+    backend = get_backend(args.framework)
+    config, state, with_head, source = resolve_checkpoint(args.ckpt, args.seed)
+    pixel_values = _read_nchw(args.input, config.num_channels)
+    model = backend.from_canonical(config, state, with_head)
+    outputs = backend.run(model, pixel_values, output_hidden_states=False)
+    if "logits" in outputs:
+        result = outputs["logits"]
+    else:
+        result = np.asarray(outputs["pooler_output"]).reshape(pixel_values.shape[0], -1)
+        print(f"{source} is a trunk without a classifier: writing its pooled features", file=sys.stderr)
+    atomic_write(args.output, lambda tmp: np.save(tmp, np.asarray(result, np.float32)), suffix=".npy")
+    print(f"wrote {args.output} {tuple(result.shape)} from {source} ({framework_name(args.framework)})")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``regnet`` command."""
+    parser = _Parser(prog="regnet", description="RegNet in PyTorch, TensorFlow and Flax: one spec, one checkpoint.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = commands.add_parser("list", help="the zoo: names, flops and params at 224")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cmd_list)
+
+    p = commands.add_parser("info", help="stages, flops, params and activations of a zoo model or checkpoint")
+    p.add_argument("model", metavar="NAME_OR_DIR")
+    p.add_argument("--image-size", type=_positive_int, default=224)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cmd_info)
+
+    p = commands.add_parser("init", help="write a randomly initialised checkpoint directory")
+    p.add_argument("model", metavar="NAME")
+    p.add_argument("--framework", default="pt", help="pt, tf or flax (default pt)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_init)
+
+    p = commands.add_parser("logits", help="logits of an NCHW float32 .npy batch")
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint directory or zoo name (random weights)")
+    p.add_argument("--framework", default="pt", help="pt, tf or flax (default pt)")
+    p.add_argument("--input", required=True, metavar="X.npy")
+    p.add_argument("--output", required=True, metavar="Y.npy")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights for a zoo name")
+    p.set_defaults(run=_cmd_logits)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as error:
+        print(f"regnet: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, FileNotFoundError, NotADirectoryError, BackendUnavailableError) as error:
+        message = " ".join(str(error).split())
+        print(f"regnet: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
