@@ -2,10 +2,22 @@
 
 Each backend package has a ``backend`` module with:
 
-- ``build(config, with_head, seed)``: a freshly initialised model (framework RNG seeded);
-- ``from_canonical(config, state, with_head)``: a model holding canonical numpy weights;
+- ``FRAMEWORK`` ("pt", "tf", "flax") and ``LAYOUT`` ("NCHW" or "NHWC");
+- ``build(config, with_head=True, seed=0)``: a freshly initialised model (framework RNG seeded);
+- ``from_canonical(config, state, with_head=True)``: a model holding canonical numpy weights;
 - ``to_canonical(model)``: its weights as canonical numpy arrays;
-- ``run(model, pixel_values_nchw, output_hidden_states)``: outputs as numpy arrays in NCHW.
+- ``run(model, pixel_values_nchw, output_hidden_states=True)``: a dict of numpy outputs
+  (logits, last_hidden_state, pooler_output, hidden_states as a list), all in NCHW;
+- ``gradients(model, pixel_values_nchw, labels)``: {"loss": float, "input": NCHW gradient,
+  "params": {canonical name: gradient in canonical layout}} of the single-label
+  cross-entropy with inference-mode BatchNorm;
+- ``train_forward(model, pixel_values_nchw)``: the canonical state after one training-mode
+  forward (BN running statistics updated as PyTorch does, unbiased variance);
+- TF and Flax also: ``NATIVE_FORMAT`` ("keras" / "flax"), ``save_native(model, path)`` and
+  ``load_native(config, path, with_head)`` for Keras ``.weights.h5`` and Flax msgpack files.
+
+"model" is whatever the framework's users hold: an nn.Module, a keras.Model, or for Flax a
+(module, variables) pair.
 """
 
 from __future__ import annotations

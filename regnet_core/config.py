@@ -293,5 +293,9 @@ class RegNetConfig:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RegNetConfig) and self.to_dict() == other.to_dict()
 
+    def __hash__(self) -> int:
+        # Hashable so that Flax modules holding a config can be static under jax.jit.
+        return hash(self.to_json_string())
+
     def __repr__(self) -> str:
         return f"RegNetConfig({self.to_json_string()})"

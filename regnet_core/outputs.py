@@ -14,7 +14,9 @@ OUTPUT_FIELDS = ("loss", "logits", "last_hidden_state", "pooler_output", "hidden
 class ModelOutput(OrderedDict):
     """Outputs by attribute, key or position, like transformers' ModelOutput; None fields are left out."""
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, pairs: Any = (), /, **fields: Any) -> None:
+        # Also constructible from (key, value) pairs, as tf.nest and copy rebuild mappings.
+        fields = {**dict(pairs), **fields}
         unknown = set(fields) - set(OUTPUT_FIELDS)
         if unknown:
             raise TypeError(f"unknown output fields {sorted(unknown)}; expected some of {OUTPUT_FIELDS}")

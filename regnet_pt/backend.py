@@ -12,6 +12,7 @@ from regnet_core.config import RegNetConfig
 from .modeling import RegNetForImageClassification, RegNetModel, RegNetPreTrainedModel
 
 FRAMEWORK = "pt"
+LAYOUT = "NCHW"
 
 
 def _class(with_head: bool) -> type[RegNetPreTrainedModel]:
@@ -48,3 +49,24 @@ def run(model: RegNetPreTrainedModel, pixel_values: np.ndarray, output_hidden_st
         else:
             result[name] = value.numpy()
     return result
+
+
+def gradients(model: RegNetForImageClassification, pixel_values: np.ndarray, labels: np.ndarray) -> dict[str, object]:
+    """Cross-entropy loss (eval-mode BN) and its gradients: input (NCHW) and every trainable canonical tensor."""
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    inputs = torch.from_numpy(np.array(pixel_values, np.float32)).requires_grad_(True)
+    loss = model(inputs, labels=torch.from_numpy(np.asarray(labels, np.int64))).loss
+    loss.backward()
+    params = {name: p.grad.detach().numpy().copy() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return {"loss": float(loss), "input": inputs.grad.numpy().copy(), "params": params}
+
+
+def train_forward(model: RegNetPreTrainedModel, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+    """Canonical state after one training-mode forward (BN running statistics updated); model back in eval."""
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(np.array(pixel_values, np.float32)))
+    model.eval()
+    return model.canonical_state()

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,7 +156,10 @@ def test_logits_of_a_bad_checkpoint_directory(tmp_path, capsys):
 
 
 def test_console_script_exit_codes():
-    exe = shutil.which("regnet") or pytest.skip("the regnet console script is not installed")
+    beside = Path(sys.executable).parent / "regnet"
+    exe = str(beside) if beside.exists() else shutil.which("regnet")
+    if exe is None:
+        pytest.skip("the regnet console script is not installed")
     ok = subprocess.run([exe, "info", "regnet-x-002"], capture_output=True, text=True)
     assert ok.returncode == 0 and "regnet-x-002" in ok.stdout
     bad = subprocess.run([exe, "info", "nope"], capture_output=True, text=True)
