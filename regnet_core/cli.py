@@ -195,6 +195,23 @@ def _cmd_logits(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- parity
+def _frameworks(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return [framework_name(name) for name in names]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    from .parity import format_report, parity
+
+    report = parity(args.ckpt, args.frameworks, args.batch, args.image_size, args.seed)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
+    return EXIT_OK if report.passed else EXIT_CHECK_FAILED
+
+
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``regnet`` command."""
@@ -225,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="Y.npy")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights for a zoo name")
     p.set_defaults(run=_cmd_logits)
+
+    p = commands.add_parser("parity", help="compare every output of the frameworks on one input; exit 1 if they differ")
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint directory or zoo name (seeded random weights)")
+    p.add_argument(
+        "--frameworks", type=_frameworks, default=["pt", "tf", "flax"], help="comma-separated (default pt,tf,flax)"
+    )
+    p.add_argument("--batch", type=_positive_int, default=2)
+    p.add_argument("--image-size", type=_positive_int, default=224)
+    p.add_argument("--seed", type=int, default=0, help="seed of the input batch and of a zoo name's random weights")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cmd_parity)
     return parser
 
 

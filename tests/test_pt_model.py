@@ -179,3 +179,18 @@ def test_zero_labels_gives_pooled_features_as_logits():
         out = model(torch.randn(2, 3, 32, 32))
     assert torch.equal(out.logits, out.pooler_output.flatten(1))
     np.testing.assert_equal(out.logits.shape, (2, 24))
+
+
+@pytest.mark.parametrize("name", ["regnet-y-320-seer", "regnet-y-1280-seer-in1k", "regnet-y-10b-seer", "regnet-y-10b-seer-in1k"])
+def test_seer_state_dict_matches_the_table_on_the_meta_device(name):
+    from regnet_core import get_entry
+
+    config = get_config(name)
+    spec = build_model_spec(config)
+    with_head = not get_entry(name).is_trunk
+    cls = RegNetForImageClassification if with_head else RegNetModel
+    model = cls(config, _skip_init=True)  # built on the meta device: nothing allocated
+    assert next(model.parameters()).device.type == "meta"
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {t.name: t.shape for t in parameter_table(spec, with_head)}
+    assert sum(p.numel() for p in model.parameters()) == model_complexity(spec).params
