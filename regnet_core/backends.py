@@ -59,11 +59,13 @@ def get_backend(name: str) -> ModuleType:
     key = framework_name(name)
     try:
         return importlib.import_module(_MODULES[key])
-    except ImportError as error:
+    except ModuleNotFoundError as error:
         raise BackendUnavailableError(
             f"the {key} backend needs a framework that is not installed ({error}); "
             f"install it with: pip install -c constraints.txt -e '.[{_EXTRAS[key]}]'"
         ) from None
+    except ImportError as error:  # installed but unusable (e.g. Keras bound to another backend)
+        raise BackendUnavailableError(f"the {key} backend cannot be used: {error}") from None
 
 
 def state_has_head(state: Mapping[str, Any]) -> bool:

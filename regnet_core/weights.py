@@ -16,6 +16,12 @@ import numpy as np
 from .specs import BlockSpec, ModelSpec
 
 BASE_PREFIX = "regnet."
+# Module name pieces of the canonical (transformers) layout, for backends that map names.
+CONV_MODULE = "convolution"
+NORM_MODULE = "normalization"
+SE_REDUCE_MODULE = "attention.0"
+SE_EXPAND_MODULE = "attention.2"
+CLASSIFIER_MODULE = "classifier.1"
 
 # Kinds of canonical tensors; each backend knows how to lay each one out.
 CONV = "conv"  # (out, in/groups, kh, kw)
@@ -67,8 +73,8 @@ def _bn(module: str, channels: int) -> Iterator[TensorSpec]:
 
 
 def _conv_bn(module: str, c_in: int, c_out: int, kernel: int, groups: int = 1) -> Iterator[TensorSpec]:
-    yield from _conv(f"{module}.convolution", c_in, c_out, kernel, groups)
-    yield from _bn(f"{module}.normalization", c_out)
+    yield from _conv(f"{module}.{CONV_MODULE}", c_in, c_out, kernel, groups)
+    yield from _bn(f"{module}.{NORM_MODULE}", c_out)
 
 
 def block_module_names(block: BlockSpec) -> dict[str, str]:
@@ -90,8 +96,12 @@ def _block(prefix: str, block: BlockSpec) -> Iterator[TensorSpec]:
     yield from _conv_bn(f"{prefix}.{names['a']}", block.input_width, block.bottleneck_width, 1)
     yield from _conv_bn(f"{prefix}.{names['b']}", block.bottleneck_width, block.bottleneck_width, 3, block.groups)
     if block.has_se:
-        yield from _conv(f"{prefix}.{names['se']}.attention.0", block.bottleneck_width, block.se_width, 1, bias=True)
-        yield from _conv(f"{prefix}.{names['se']}.attention.2", block.se_width, block.bottleneck_width, 1, bias=True)
+        yield from _conv(
+            f"{prefix}.{names['se']}.{SE_REDUCE_MODULE}", block.bottleneck_width, block.se_width, 1, bias=True
+        )
+        yield from _conv(
+            f"{prefix}.{names['se']}.{SE_EXPAND_MODULE}", block.se_width, block.bottleneck_width, 1, bias=True
+        )
     yield from _conv_bn(f"{prefix}.{names['c']}", block.bottleneck_width, block.width, 1)
 
 

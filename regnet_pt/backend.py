@@ -60,7 +60,7 @@ def gradients(model: RegNetForImageClassification, pixel_values: np.ndarray, lab
     loss.backward()
     params = {name: p.grad.detach().numpy().copy() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    return {"loss": float(loss), "input": inputs.grad.numpy().copy(), "params": params}
+    return {"loss": loss.item(), "input": inputs.grad.numpy().copy(), "params": params}
 
 
 def train_forward(model: RegNetPreTrainedModel, pixel_values: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,579 @@
+"""RegNet in TensorFlow (Keras 3), built by iterating the core's specs.
+
+NHWC in, NHWC out. Layer names come from ``regnet_tf.weights`` so that variable paths
+(``regnet/stage_1/block_0/b/conv/kernel``) match the native table the weight mapping uses.
+Numerics follow PyTorch: symmetric ``k // 2`` padding (never "SAME", which pads
+asymmetrically at stride 2), BatchNorm with eps 1e-5 whose running variance is updated
+with the unbiased batch variance, exact (erf) GELU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from regnet_core.checkpoint import load_checkpoint, save_checkpoint
+from regnet_core.config import RegNetConfig
+from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, resolve_problem_type
+from regnet_core.specs import BlockSpec, ModelSpec, StageSpec, build_model_spec
+
+from . import KerasBackendError
+from . import weights as native
+from .weights import assign_canonical, read_canonical
+
+if keras.config.backend() != "tensorflow":  # regnet_tf/__init__ sets it; someone changed it since
+    raise KerasBackendError(
+        f"regnet_tf needs Keras on the 'tensorflow' backend, but keras loaded on {keras.config.backend()!r}"
+    )
+
+# PyTorch's CrossEntropyLoss skips targets equal to its default ignore_index; so do we.
+IGNORE_INDEX = -100
+
+_ACTIVATIONS = {
+    "relu": tf.nn.relu,
+    "silu": tf.nn.silu,
+    "swish": tf.nn.silu,
+    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
+    "tanh": tf.math.tanh,
+    "sigmoid": tf.math.sigmoid,
+}
+
+
+def _register_outputs_with_keras_tree() -> None:
+    """Let Keras' symbolic (functional API) tracing see into ModelOutput, as it sees into dicts."""
+    try:
+        import optree
+    except ImportError:  # Keras on dm-tree: outputs stay opaque to the functional API
+        return
+    try:
+        optree.register_pytree_node(
+            ModelOutput,
+            lambda output: (list(output.values()), list(output.keys()), list(output.keys())),
+            lambda keys, children: ModelOutput(zip(keys, children, strict=True)),
+            namespace="keras",
+        )
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_outputs_with_keras_tree()
+
+
+def activation_function(name: str | None) -> Any:
+    """The TensorFlow function for a config's hidden_act (identity for None)."""
+    return tf.identity if name is None else _ACTIVATIONS[name]
+
+
+def _conv_initializer(skip_init: bool) -> keras.initializers.Initializer:
+    # pycls: N(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels (Keras' fan_out for HWIO kernels).
+    if skip_init:
+        return keras.initializers.Zeros()
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+class Convolution(keras.layers.Layer):
+    """2-D convolution with symmetric ``k // 2`` zero padding, optional groups and bias."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        use_bias: bool = False,
+        skip_init: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.groups, self.use_bias = kernel_size, stride, groups, use_bias
+        self._skip_init = skip_init
+        pad = kernel_size // 2
+        # Symmetric padding as PyTorch: "SAME" would pad (0, 1) at stride 2 on even inputs.
+        self._padding = None if pad == 0 else [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+
+    def build(self, input_shape: Any = None) -> None:
+        shape = (self.kernel_size, self.kernel_size, self.in_channels // self.groups, self.out_channels)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=_conv_initializer(self._skip_init))
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.out_channels,), initializer="zeros") if self.use_bias else None
+        )
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        # tf.pad + "VALID" rather than conv2d's explicit padding: on CPU (TF 2.21) the gradient of
+        # an explicitly padded grouped convolution is unimplemented outside XLA, the VALID one works.
+        # tf.nn.conv2d infers the groups from the kernel's input depth.
+        if self._padding is not None:
+            inputs = tf.pad(inputs, self._padding)
+        outputs = tf.nn.conv2d(inputs, self.kernel, strides=self.stride, padding="VALID")
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        return outputs
+
+
+class BatchNorm(keras.layers.Layer):
+    """BatchNorm over the last axis with PyTorch's numerics.
+
+    Training mode normalises with the biased batch variance and updates the moving
+    variance with the unbiased one (n / (n - 1), n = batch * height * width), as
+    PyTorch does; Keras' own BatchNormalization uses the biased variance for both.
+    """
+
+    def __init__(
+        self, channels: int, epsilon: float, momentum: float, gamma_initializer: str = "ones", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.channels, self.epsilon, self.momentum = channels, epsilon, momentum
+        self._gamma_initializer = gamma_initializer
+
+    def build(self, input_shape: Any = None) -> None:
+        shape = (self.channels,)
+        self.gamma = self.add_weight(name="gamma", shape=shape, initializer=self._gamma_initializer)
+        self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros")
+        self.moving_mean = self.add_weight(name="moving_mean", shape=shape, initializer="zeros", trainable=False)
+        self.moving_variance = self.add_weight(name="moving_variance", shape=shape, initializer="ones", trainable=False)
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        if training:
+            values_per_channel = inputs.shape[:-1]
+            if values_per_channel.is_fully_defined() and values_per_channel.num_elements() == 1:
+                # PyTorch refuses too: one value gives no variance (and n - 1 = 0).
+                raise ValueError(
+                    f"BatchNorm in training mode needs more than one value per channel, got input shape {tuple(inputs.shape)}"
+                )
+            mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])
+            count = tf.cast(tf.size(inputs) // self.channels, inputs.dtype)
+            unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+            self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
+            self.moving_variance.assign(self.momentum * self.moving_variance + (1.0 - self.momentum) * unbiased)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+        return inputs * scale + (self.beta - mean * scale)
+
+
+class ConvNormAct(keras.layers.Layer):
+    """Convolution (no bias), BatchNorm, optional activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        spec: ModelSpec,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str | None = None,
+        zero_init_gamma: bool = False,
+        skip_init: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.convolution = Convolution(
+            in_channels, out_channels, kernel_size, stride, groups, skip_init=skip_init, name=native.CONV_LAYER
+        )
+        self.normalization = BatchNorm(
+            out_channels,
+            spec.bn_eps,
+            1.0 - spec.bn_momentum,  # PyTorch momentum 0.1 is Keras momentum 0.9
+            gamma_initializer="zeros" if zero_init_gamma else "ones",
+            name=native.BN_LAYER,
+        )
+        self.activation = activation_function(activation)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.convolution.build(input_shape)
+        self.normalization.build(input_shape)
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.activation(self.normalization(self.convolution(inputs), training=training))
+
+
+class SqueezeExcitation(keras.layers.Layer):
+    """Squeeze-and-excitation: global mean, 1x1 conv down, ReLU, 1x1 conv up, sigmoid gate."""
+
+    def __init__(self, channels: int, se_width: int, skip_init: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reduce = Convolution(channels, se_width, 1, use_bias=True, skip_init=skip_init, name=native.SE_REDUCE)
+        self.expand = Convolution(se_width, channels, 1, use_bias=True, skip_init=skip_init, name=native.SE_EXPAND)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.reduce.build(input_shape)
+        self.expand.build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        squeezed = tf.reduce_mean(inputs, axis=[1, 2], keepdims=True)
+        # Always ReLU inside SE, whatever hidden_act is (as transformers and pycls).
+        gate = tf.math.sigmoid(self.expand(tf.nn.relu(self.reduce(squeezed))))
+        return inputs * gate
+
+
+class Bottleneck(keras.layers.Layer):
+    """Residual bottleneck: 1x1, grouped 3x3 (stride here), optional SE, 1x1; projection when shapes change."""
+
+    def __init__(
+        self, block: BlockSpec, spec: ModelSpec, zero_init_last_bn: bool = False, skip_init: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.projection = (
+            ConvNormAct(
+                block.input_width, block.width, 1, spec, block.stride, skip_init=skip_init, name=native.PROJECTION
+            )
+            if block.has_projection
+            else None
+        )
+        self.conv_a = ConvNormAct(
+            block.input_width,
+            block.bottleneck_width,
+            1,
+            spec,
+            activation=spec.activation,
+            skip_init=skip_init,
+            name=native.CONV_A,
+        )
+        self.conv_b = ConvNormAct(
+            block.bottleneck_width,
+            block.bottleneck_width,
+            3,
+            spec,
+            block.stride,
+            block.groups,
+            activation=spec.activation,
+            skip_init=skip_init,
+            name=native.CONV_B,
+        )
+        self.squeeze_excitation = (
+            SqueezeExcitation(block.bottleneck_width, block.se_width, skip_init=skip_init, name=native.SE_LAYER)
+            if block.has_se
+            else None
+        )
+        self.conv_c = ConvNormAct(
+            block.bottleneck_width,
+            block.width,
+            1,
+            spec,
+            zero_init_gamma=zero_init_last_bn,
+            skip_init=skip_init,
+            name=native.CONV_C,
+        )
+        self.activation = activation_function(spec.activation)
+
+    def _sublayers(self) -> list[keras.layers.Layer]:
+        layers = [self.projection, self.conv_a, self.conv_b, self.squeeze_excitation, self.conv_c]
+        return [layer for layer in layers if layer is not None]
+
+    def build(self, input_shape: Any = None) -> None:
+        for layer in self._sublayers():
+            layer.build(input_shape)
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        residual = inputs if self.projection is None else self.projection(inputs, training=training)
+        hidden = self.conv_b(self.conv_a(inputs, training=training), training=training)
+        if self.squeeze_excitation is not None:
+            hidden = self.squeeze_excitation(hidden)
+        hidden = self.conv_c(hidden, training=training)
+        return self.activation(hidden + residual)
+
+
+class Stage(keras.layers.Layer):
+    """The blocks of one stage."""
+
+    def __init__(
+        self, stage: StageSpec, spec: ModelSpec, zero_init_last_bn: bool = False, skip_init: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.blocks = [
+            Bottleneck(block, spec, zero_init_last_bn, skip_init, name=native.block_name(index))
+            for index, block in enumerate(stage.blocks)
+        ]
+
+    def build(self, input_shape: Any = None) -> None:
+        for block in self.blocks:
+            block.build(input_shape)
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        hidden = inputs
+        for block in self.blocks:
+            hidden = block(hidden, training=training)
+        return hidden
+
+
+def check_input(pixel_values: tf.Tensor, num_channels: int) -> None:
+    """Raise ValueError unless ``pixel_values`` is a float NHWC batch with ``num_channels`` channels (static shape)."""
+    shape = pixel_values.shape
+    if shape.rank is None:
+        raise ValueError("pixel_values must be a 4-D NHWC batch with a known rank, got a tensor of unknown rank")
+    dtype = tf.as_dtype(pixel_values.dtype)
+    check_pixel_values(tuple(shape.as_list()), dtype.is_floating, dtype.name, num_channels, "NHWC")
+
+
+def labels_loss(logits: tf.Tensor, labels: tf.Tensor, num_labels: int, problem_type: str | None = None) -> tf.Tensor:
+    """The loss transformers' PyTorch RegNet computes for ``labels`` (chosen by problem_type).
+
+    Regression: MSE (both sides squeezed when num_labels is 1); single-label: mean
+    cross-entropy over targets other than -100; multi-label: mean BCE with logits.
+    """
+    labels = tf.convert_to_tensor(labels)
+    is_integer = labels.dtype in (tf.int32, tf.int64)
+    problem_type = resolve_problem_type(problem_type, num_labels, is_integer)
+    check_labels(problem_type, tuple(labels.shape.as_list()), logits.shape[0], num_labels)
+    if problem_type == "regression":
+        labels = tf.cast(labels, logits.dtype)
+        if num_labels == 1:
+            return tf.reduce_mean(tf.square(tf.reshape(logits, [-1]) - tf.reshape(labels, [-1])))
+        return tf.reduce_mean(tf.square(logits - labels))
+    if problem_type == "single_label_classification":
+        targets = tf.reshape(tf.cast(labels, tf.int64), [-1])
+        keep = tf.not_equal(targets, IGNORE_INDEX)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.where(keep, targets, tf.zeros_like(targets)), logits=tf.reshape(logits, [-1, num_labels])
+        )
+        weights = tf.cast(keep, logits.dtype)
+        return tf.reduce_sum(per_example * weights) / tf.reduce_sum(weights)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits))
+
+
+def _default_name(base: str) -> str:
+    # Keras would derive "reg_net_model" from the class name; keep its uniquifying scheme.
+    uid = keras.backend.get_uid(base)
+    return base if uid == 1 else f"{base}_{uid - 1}"
+
+
+class RegNetPreTrainedModel(keras.Model):
+    """Shared construction, checkpoint I/O and Keras serialisation."""
+
+    with_head = False
+    default_name = "regnet"
+
+    def __init__(self, config: RegNetConfig, **kwargs: Any) -> None:
+        if not isinstance(config, RegNetConfig):
+            raise TypeError(f"expected a RegNetConfig, got {type(config).__name__}")
+        if kwargs.get("name") is None:
+            kwargs["name"] = _default_name(self.default_name)
+        super().__init__(**kwargs)
+        self.config = config
+        self.spec = build_model_spec(config)
+
+    @property
+    def input_shape_nhwc(self) -> tuple[None, None, None, int]:
+        """The (batch, height, width, channels) shape the model accepts: any size, config.num_channels channels."""
+        return (None, None, None, self.spec.stem.input_width)
+
+    # -------------------------------------------------------------- checkpoints
+    def canonical_state(self) -> dict[str, Any]:
+        """The weights as canonical numpy arrays (transformers names and layouts)."""
+        return read_canonical(self)
+
+    def load_canonical_state(
+        self, state: dict[str, Any], *, reinit_head: bool = False, context: str = ""
+    ) -> RegNetPreTrainedModel:
+        """Assign canonical numpy weights, strictly; with ``reinit_head`` the classifier keeps its fresh weights."""
+        assign_canonical(self, state, reinit_head=reinit_head, context=context)
+        return self
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
+        """Write config.json and model.safetensors (transformers layout, sharded above ``max_shard_size``)."""
+        config = self.config.copy(architectures=[type(self).__name__])
+        return save_checkpoint(directory, config, self.canonical_state(), max_shard_size)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, reinit_head: bool = False, **config_changes: Any
+    ) -> RegNetPreTrainedModel:
+        """Load a checkpoint directory (written by any backend or transformers) strictly.
+
+        ``reinit_head=True`` keeps the trunk and starts a fresh classifier (e.g. with
+        ``num_labels=10``); other keywords change config fields before building.
+        """
+        config, state = load_checkpoint(directory)
+        if config_changes:
+            config = config.copy(**config_changes)
+        model = cls(config, _skip_init=not reinit_head)
+        return model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}")
+
+    # -------------------------------------------------------------- Keras serialisation
+    def get_config(self) -> dict[str, Any]:
+        """Keras config: the layer name and the RegNet config as a dict."""
+        return {"name": self.name, "regnet_config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RegNetPreTrainedModel:
+        """Rebuild from ``get_config()`` (weights not included)."""
+        return cls(RegNetConfig.from_dict(config["regnet_config"]), name=config.get("name"))
+
+    def export(self, filepath: str | os.PathLike, format: str = "tf_saved_model", **kwargs: Any) -> Any:
+        """Export for inference; the SavedModel's ``serve(pixel_values)`` returns a dict of output tensors.
+
+        The input signature defaults to (None, None, None, num_channels) float32.
+        """
+        if format == "tf_saved_model" and "input_signature" not in kwargs:
+            kwargs["input_signature"] = [tf.TensorSpec(self.input_shape_nhwc, tf.float32, name="pixel_values")]
+        return super().export(filepath, format=format, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="regnet_tf")
+class RegNetModel(RegNetPreTrainedModel):
+    """The RegNet trunk: stem and stages, with global average pooling. NHWC float input."""
+
+    default_name = "regnet_model"
+
+    def __init__(
+        self,
+        config: RegNetConfig,
+        *,
+        zero_init_last_bn: bool = False,
+        _skip_init: bool = False,
+        _build: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(config, **kwargs)
+        spec = self.spec
+        self.stem = ConvNormAct(
+            spec.stem.input_width,
+            spec.stem.width,
+            spec.stem.kernel_size,
+            spec,
+            spec.stem.stride,
+            activation=spec.activation,
+            skip_init=_skip_init,
+            name=native.STEM,
+        )
+        self.stages = [
+            Stage(stage, spec, zero_init_last_bn, _skip_init, name=native.stage_name(index))
+            for index, stage in enumerate(spec.stages)
+        ]
+        if _build:  # a trunk inside RegNetForImageClassification is built in its parent's name scope
+            self.build(self.input_shape_nhwc)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.stem.build(input_shape)
+        for stage in self.stages:
+            stage.build(input_shape)
+
+    def call(self, pixel_values: tf.Tensor, output_hidden_states: bool = False, training: bool = False) -> ModelOutput:
+        """NHWC float batch -> last_hidden_state, pooler_output (B, 1, 1, C), hidden_states (stem, every stage)."""
+        check_input(pixel_values, self.spec.stem.input_width)
+        hidden = self.stem(pixel_values, training=training)
+        hidden_states = [hidden]
+        for stage in self.stages:
+            hidden = stage(hidden, training=training)
+            hidden_states.append(hidden)
+        return ModelOutput(
+            last_hidden_state=hidden,
+            pooler_output=tf.reduce_mean(hidden, axis=[1, 2], keepdims=True),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+
+
+@keras.saving.register_keras_serializable(package="regnet_tf")
+class RegNetForImageClassification(RegNetPreTrainedModel):
+    """RegNet trunk plus a linear classifier on the pooled features (identity when num_labels is 0).
+
+    ``fit`` works compiled with a Keras loss on the logits, or compiled without a loss:
+    then the labels' loss of ``config.problem_type`` is used (as PyTorch's ``labels=``).
+    """
+
+    with_head = True
+    default_name = "regnet_for_image_classification"
+
+    def __init__(
+        self, config: RegNetConfig, *, zero_init_last_bn: bool = False, _skip_init: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(config, **kwargs)
+        self.regnet = RegNetModel(
+            config, zero_init_last_bn=zero_init_last_bn, _skip_init=_skip_init, _build=False, name=native.TRUNK
+        )
+        head = self.spec.head
+        self.classifier = (
+            keras.layers.Dense(
+                head.num_labels,
+                kernel_initializer="zeros" if _skip_init else keras.initializers.RandomNormal(0.0, 0.01),
+                bias_initializer="zeros",
+                name=native.CLASSIFIER,
+            )
+            if head.num_labels > 0
+            else None
+        )
+        self.build(self.input_shape_nhwc)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.regnet.build(input_shape)
+        if self.classifier is not None:
+            self.classifier.build((None, self.spec.head.input_width))
+
+    def call(
+        self,
+        pixel_values: tf.Tensor,
+        labels: tf.Tensor | None = None,
+        output_hidden_states: bool = False,
+        training: bool = False,
+    ) -> ModelOutput:
+        """Logits for an NHWC batch; with ``labels``, the loss chosen by config.problem_type."""
+        outputs = self.regnet(pixel_values, output_hidden_states=output_hidden_states, training=training)
+        features = tf.reshape(outputs["pooler_output"], [-1, self.spec.head.input_width])
+        logits = features if self.classifier is None else self.classifier(features)
+        loss = None if labels is None else self.labels_loss(logits, labels)
+        return ModelOutput(loss=loss, logits=logits, **outputs)
+
+    def labels_loss(self, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Regression (MSE), single-label (cross-entropy) or multi-label (BCE with logits), per config.problem_type."""
+        return labels_loss(logits, labels, self.config.num_labels, self.config.problem_type)
+
+    # -------------------------------------------------------------- Keras training hooks
+    @staticmethod
+    def _logits(y_pred: Any) -> Any:
+        return y_pred["logits"] if isinstance(y_pred, dict) else y_pred
+
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> tf.Tensor:
+        """The compiled Keras loss on the logits, or without one the config's labels loss."""
+        logits = self._logits(y_pred)
+        if self.loss is not None:
+            return super().compute_loss(x, y, logits, sample_weight, training)
+        if y is None:
+            raise ValueError("compiled without a loss, fit/evaluate need labels (y) for config.problem_type's loss")
+        if sample_weight is not None:
+            raise ValueError("sample_weight needs a compiled Keras loss; the labels loss is an unweighted mean")
+        loss = self.labels_loss(logits, y)
+        if self.losses:
+            loss = loss + tf.add_n(self.losses)
+        return loss
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict[str, Any]:
+        """Compiled metrics on the logits."""
+        return super().compute_metrics(x, y, self._logits(y_pred), sample_weight)
+
+    def predict_step(self, data: Any) -> tf.Tensor:
+        """``predict`` returns the logits."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(x, training=False)["logits"]
+
+
+def variable_shapes(config: RegNetConfig, with_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """{variable path relative to the model: shape} of the Keras model for ``config``, without allocating weights.
+
+    The model is built inside a Keras StatelessScope, where variables with an initializer
+    are created deferred (path and shape, no value); they are then dropped from Keras'
+    list of variables awaiting initialisation, so nothing is ever allocated, even for
+    regnet-y-10b-seer.
+    """
+    from keras.src.backend.common import global_state  # Keras keeps the deferred variables here
+
+    pending_before = list(global_state.get_global_attribute("uninitialized_variables", []) or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = (RegNetForImageClassification if with_head else RegNetModel)(config, _skip_init=True)
+        return {native.relative_path(model, v): tuple(int(d) for d in v.shape) for v in model.weights}
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", pending_before)

@@ -1,0 +1,138 @@
+"""Losses follow problem_type exactly as PyTorch computes them; model.fit trains with or without a Keras loss."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import keras  # noqa: E402
+
+from regnet_core import build_model_spec, random_state  # noqa: E402
+from regnet_tf import backend as tf_backend  # noqa: E402
+from regnet_tf.weights import model_variables  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.normal(size=(3, 32, 32, 3)).astype(np.float32)
+
+LOSS_CASES = [
+    (5, None, np.array([0, 3, 4]), "single-label cross-entropy"),
+    (5, None, np.array([0, -100, 4]), "cross-entropy skips -100 like PyTorch"),
+    (5, None, np.array([[0.0, 1, 1, 0, 0], [1, 0, 0, 0, 1], [0, 0, 0, 0, 0]], np.float32), "multi-label BCE"),
+    (1, None, np.array([0.5, -1.0, 2.0], np.float32), "regression squeezed"),
+    (1, None, np.array([[0.5], [-1.0], [2.0]], np.float32), "regression squeezed 2-D labels"),
+    (2, "regression", RNG.normal(size=(3, 2)).astype(np.float32), "explicit regression"),
+    (2, "multi_label_classification", np.array([[0, 1], [1, 1], [0, 0]]), "explicit multi-label, integer labels"),
+]
+
+
+def _model(num_labels=5, problem_type=None, seed=0):
+    config = tiny_config(num_labels=num_labels, problem_type=problem_type)
+    return config, tf_backend.from_canonical(config, random_state(build_model_spec(config), seed))
+
+
+@pytest.mark.parametrize("num_labels, problem_type, labels, _", LOSS_CASES, ids=[case[-1] for case in LOSS_CASES])
+def test_labels_loss_matches_pytorch(num_labels, problem_type, labels, _):
+    torch = pytest.importorskip("torch")
+    from regnet_pt import backend as pt_backend
+
+    config, tf_model = _model(num_labels, problem_type)
+    pt_model = pt_backend.from_canonical(config, tf_backend.to_canonical(tf_model))
+    pixel_values = np.transpose(IMAGES, (0, 3, 1, 2)).copy()
+    with torch.no_grad():
+        expected = pt_model(torch.from_numpy(pixel_values), labels=torch.from_numpy(labels)).loss.item()
+    got = float(tf_model(IMAGES, labels=labels).loss)
+    assert np.isfinite(expected)
+    assert abs(got - expected) <= 1e-5 * abs(expected)
+
+
+@pytest.mark.parametrize(
+    "labels, problem_type, message",
+    [
+        (np.array([0, 1]), None, "one label per image, shape \\(3,\\)"),
+        (np.zeros((3, 4), np.float32), "multi_label_classification", "labels of shape \\(3, 5\\)"),
+    ],
+    ids=["too-few-labels", "wrong-class-count"],
+)
+def test_labels_of_the_wrong_shape_are_named(labels, problem_type, message):
+    _, model = _model(problem_type=problem_type)
+    with pytest.raises(ValueError, match=message):
+        model(IMAGES, labels=labels)
+
+
+def test_labels_without_a_classifier_are_refused():
+    _, model = _model(num_labels=0)
+    with pytest.raises(ValueError, match="no classifier"):
+        model(IMAGES, labels=np.array([0, 1, 2]))
+
+
+def _task(num_labels=4, batch=16, seed=1):
+    """A learnable toy task: the label is the brightest of num_labels image quadrants."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0, 0.3, size=(batch, 32, 32, 3)).astype(np.float32)
+    labels = np.arange(batch) % num_labels
+    for index, label in enumerate(labels):
+        row, col = divmod(int(label), 2)
+        images[index, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16] += 1.0
+    return images, labels
+
+
+def test_fit_without_a_compiled_loss_uses_the_labels_loss_and_trains():
+    _, model = _model(num_labels=4)
+    images, labels = _task()
+    start = float(model(images, labels=labels).loss)
+    moving = model_variables(model)["regnet/stem/bn/moving_mean"].numpy().copy()
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    history = model.fit(images, labels, batch_size=8, epochs=4, verbose=0, shuffle=False).history["loss"]
+    assert abs(history[0] - start) < 0.5 * start  # the first epoch's loss is the cross-entropy we know
+    assert history[-1] < 0.7 * history[0]
+    assert not np.array_equal(moving, model_variables(model)["regnet/stem/bn/moving_mean"].numpy())
+    assert model.evaluate(images, labels, verbose=0) < history[0]
+
+
+def test_fit_with_a_keras_loss_on_the_logits_trains_and_predicts_logits():
+    _, model = _model(num_labels=4)
+    images, labels = _task()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(images, labels, batch_size=8, epochs=4, verbose=0, shuffle=False).history
+    assert history["loss"][-1] < 0.7 * history["loss"][0]
+    assert set(history) == {"loss", "accuracy"}
+    predictions = model.predict(images, batch_size=8, verbose=0)
+    np.testing.assert_allclose(predictions, model(images).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_without_labels_or_loss_is_refused():
+    _, model = _model()
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="need labels"):
+        model.fit(IMAGES, epochs=1, verbose=0)
+
+
+@pytest.mark.slow
+def test_fit_with_jit_compile_trains():
+    _, model = _model(num_labels=4)
+    images, labels = _task()
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
+    history = model.fit(images, labels, batch_size=8, epochs=4, verbose=0, shuffle=False).history["loss"]
+    assert history[-1] < 0.7 * history[0]
+
+
+def test_xla_training_step_matches_eager_gradients():
+    # The fast counterpart of the slow jit fit: one compiled gradient step, grouped convolutions included.
+    _, model = _model(num_labels=4)
+    images, labels = _task(batch=4)
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = model(x, labels=y, training=False).loss
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    eager_loss, eager_grads = step(images, labels)
+    xla_loss, xla_grads = tf.function(step, jit_compile=True)(tf.constant(images), tf.constant(labels))
+    assert abs(float(xla_loss) - float(eager_loss)) < 1e-5
+    for eager, xla in zip(eager_grads, xla_grads, strict=True):
+        assert np.abs(xla - eager).max() <= 1e-4 * max(np.abs(eager).max(), 1e-6)
