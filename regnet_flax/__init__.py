@@ -1,0 +1,46 @@
+"""RegNet in Flax (Linen): NHWC modules built from regnet_core's specs, transformers-compatible checkpoints.
+
+import regnet_flax
+module, variables = regnet_flax.from_pretrained("path/to/checkpoint")
+logits = module.apply(variables, images_nhwc).logits
+"""
+
+from .modeling import (
+    BatchNorm,
+    RegNetForImageClassification,
+    RegNetModel,
+    activation_function,
+    compute_loss,
+)
+from .pretrained import (
+    from_canonical,
+    from_pretrained,
+    init,
+    load_native,
+    save_native,
+    save_pretrained,
+    to_canonical,
+)
+from .weights import from_native, native_table, params_to_canonical, to_native
+
+loss = compute_loss
+
+__all__ = [
+    "BatchNorm",
+    "RegNetForImageClassification",
+    "RegNetModel",
+    "activation_function",
+    "compute_loss",
+    "from_canonical",
+    "from_native",
+    "from_pretrained",
+    "init",
+    "load_native",
+    "loss",
+    "native_table",
+    "params_to_canonical",
+    "save_native",
+    "save_pretrained",
+    "to_canonical",
+    "to_native",
+]

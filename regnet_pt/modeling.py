@@ -202,15 +202,16 @@ class RegNetPreTrainedModel(nn.Module):
         if config_changes:
             config = config.copy(**config_changes)
         model = cls(config, _skip_init=True)
-        model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}")
+        # The arrays were just read from disk and belong to nobody else: no need to copy them.
+        model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}", _copy=False)
         return model.eval()
 
     def load_canonical_state(
-        self, state: dict[str, Any], *, reinit_head: bool = False, context: str = ""
+        self, state: dict[str, Any], *, reinit_head: bool = False, context: str = "", _copy: bool = True
     ) -> RegNetPreTrainedModel:
-        """Load canonical numpy weights in place, strictly (see ``from_pretrained``)."""
+        """Load canonical numpy weights in place, strictly (see ``from_pretrained``); ``state`` is not shared."""
         tensors = state_from_canonical(
-            state, self.spec, with_head=self._with_head, reinit_head=reinit_head, context=context
+            state, self.spec, with_head=self._with_head, reinit_head=reinit_head, context=context, copy=_copy
         )
         on_meta = next(self.parameters()).device.type == "meta"
         if not on_meta:

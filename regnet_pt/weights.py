@@ -30,7 +30,14 @@ def state_from_canonical(
     with_head: bool,
     reinit_head: bool = False,
     context: str = "",
+    copy: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Checked canonical numpy arrays as torch tensors, named for the model (see core prepare_state)."""
+    """Checked canonical numpy arrays as torch tensors, named for the model (see core prepare_state).
+
+    With ``copy=False`` the tensors may share memory with ``state`` (for callers that own it).
+    """
     _, prepared = prepare_state(state, spec, with_head=with_head, reinit_head=reinit_head, context=context)
-    return {name: torch.from_numpy(np.array(value, copy=not value.flags.writeable)) for name, value in prepared.items()}
+    return {
+        name: torch.from_numpy(np.array(value, copy=copy or not value.flags.writeable))
+        for name, value in prepared.items()
+    }

@@ -174,3 +174,14 @@ def test_unreadable_checkpoints_say_what_was_expected(tmp_path, setup, message):
 def test_max_shard_size_is_validated(tmp_path):
     with pytest.raises(ValueError, match="max_shard_size must be bytes or a size like"):
         _model().save_pretrained(tmp_path, max_shard_size="lots")
+
+
+def test_loaded_weights_do_not_share_memory_with_the_callers_state():
+    config = tiny_config()
+    state = random_state(build_model_spec(config), 0)
+    before = {k: v.copy() for k, v in state.items()}
+    model = RegNetForImageClassification(config).load_canonical_state(state)
+    model.train()(torch.randn(4, 3, 32, 32))  # updates running statistics in place
+    with torch.no_grad():
+        model.regnet.embedder.embedder.convolution.weight.add_(1.0)
+    assert all(np.array_equal(state[k], before[k]) for k in state)

@@ -1,0 +1,146 @@
+"""Building, loading and saving Flax RegNets: (module, variables) pairs in and out.
+
+Checkpoint directories are the shared transformers layout (regnet_core.checkpoint), so a
+directory saved by regnet_pt loads here and the other way round. Flax msgpack files are an
+export target: a plain variables tree, the config comes from the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from regnet_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from regnet_core.config import RegNetConfig
+from regnet_core.io import atomic_write
+from regnet_core.specs import build_model_spec
+from regnet_core.weights import BASE_PREFIX, HEAD_PREFIX
+
+from .modeling import RegNetForImageClassification, RegNetModel, classifier_kernel_init, has_head, model_class
+from .weights import PARAMS, check_native, fit_native_head, from_native, native_module_path, to_native
+
+Variables = dict[str, Any]
+FlaxModel = tuple[RegNetModel | RegNetForImageClassification, Variables]
+
+# init traces one forward on a dummy batch; at 32 x 32 (the zoo's overall stride) every stage is >= 1 x 1.
+_INIT_IMAGE_SIZE = 32
+
+
+def _as_jax(tree: Mapping[str, Any]) -> Variables:
+    # Only for arrays this package owns (to_native's, msgpack's): on CPU jnp.asarray may
+    # wrap the numpy buffer instead of copying it.
+    return jax.tree_util.tree_map(jnp.asarray, dict(tree))
+
+
+def init(config: RegNetConfig, with_head: bool = True, seed: int = 0, *, zero_init_last_bn: bool = False) -> FlaxModel:
+    """A new pycls-initialised (module, variables) pair, seeded."""
+    module = model_class(with_head)(config, zero_init_last_bn=zero_init_last_bn)
+    dummy = jnp.zeros((1, _INIT_IMAGE_SIZE, _INIT_IMAGE_SIZE, config.num_channels), jnp.float32)
+    # jit: one compiled init instead of hundreds of dispatched ops; the forward itself is discarded.
+    variables = jax.jit(module.init)(jax.random.PRNGKey(seed), dummy)
+    return module, dict(variables)
+
+
+def from_canonical(
+    config: RegNetConfig,
+    state: Mapping[str, np.ndarray],
+    with_head: bool = True,
+    *,
+    reinit_head: bool = False,
+    seed: int = 0,
+    context: str = "",
+) -> FlaxModel:
+    """A (module, variables) pair holding canonical numpy weights, loaded strictly.
+
+    ``reinit_head`` keeps the trunk and draws a fresh pycls classifier from ``seed``.
+    """
+    spec = build_model_spec(config)
+    variables = to_native(state, spec, with_head, reinit_head=reinit_head, context=context)
+    if with_head and reinit_head and spec.head.num_labels > 0:
+        classifier_path = native_module_path(HEAD_PREFIX + "1")
+        kernel = classifier_kernel_init(jax.random.PRNGKey(seed), (spec.head.input_width, spec.head.num_labels))
+        node = variables.setdefault(PARAMS, {})
+        for name in classifier_path:
+            node = node.setdefault(name, {})
+        node.update(kernel=kernel, bias=jnp.zeros((spec.head.num_labels,), jnp.float32))
+    return model_class(with_head)(config), _as_jax(variables)
+
+
+def to_canonical(model: FlaxModel, context: str = "") -> dict[str, np.ndarray]:
+    """Canonical numpy weights of a (module, variables) pair (num_batches_tracked written as zero)."""
+    module, variables = model
+    return from_native(variables, build_model_spec(module.config), has_head(module), context)
+
+
+def from_pretrained(
+    directory: str | os.PathLike,
+    *,
+    with_head: bool | None = None,
+    reinit_head: bool = False,
+    seed: int = 0,
+    **config_changes: Any,
+) -> FlaxModel:
+    """Load a checkpoint directory as ``(module, variables)``, strictly.
+
+    Returns the Linen module (RegNetForImageClassification or RegNetModel) and its
+    variables ``{"params": ..., "batch_stats": ...}``; run it with
+    ``module.apply(variables, pixel_values_nhwc)``. ``with_head`` picks the class (default:
+    what the checkpoint holds; a classification checkpoint also loads as a trunk).
+    ``reinit_head=True`` keeps the trunk and starts a fresh classifier drawn from ``seed``
+    (for fine-tuning, e.g. with ``num_labels=10``). Other keywords change config fields
+    before building. Every missing, unexpected or mis-shaped tensor is reported at once.
+    """
+    config, state = load_checkpoint(directory)
+    if config_changes:
+        config = config.copy(**config_changes)
+    if with_head is None:
+        with_head = reinit_head or any(name.startswith(BASE_PREFIX) for name in state)
+    return from_canonical(config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {directory}")
+
+
+def save_pretrained(
+    module: RegNetModel | RegNetForImageClassification,
+    variables: Mapping[str, Any],
+    directory: str | os.PathLike,
+    max_shard_size: int | str = "5GB",
+) -> Path:
+    """Write config.json and model.safetensors (sharded above ``max_shard_size``) in the transformers layout."""
+    state = to_canonical((module, dict(variables)))
+    config = module.config.copy(architectures=[type(module).__name__])
+    return save_checkpoint(directory, config, state, max_shard_size)
+
+
+def save_native(model: FlaxModel, path: str | os.PathLike) -> Path:
+    """Write the variables as a Flax msgpack file (checked against the module first; atomic)."""
+    module, variables = model
+    check_native(variables, build_model_spec(module.config), has_head(module), context="to save")
+    data = serialization.to_bytes(jax.device_get(dict(variables)))
+    atomic_write(path, lambda temporary: temporary.write_bytes(data))
+    return Path(path)
+
+
+def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool = True) -> FlaxModel:
+    """(module, variables) from a Flax msgpack file written by save_native, checked strictly.
+
+    As with checkpoint directories, a classifier's file also loads as a trunk (``with_head=False``);
+    a trunk's file loaded with a head reports the missing classifier.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"expected a Flax msgpack file, got {path} ({'a directory' if path.exists() else 'no such path'})"
+        )
+    try:
+        variables = serialization.msgpack_restore(path.read_bytes())
+    except Exception as error:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(f"cannot read {path} as a Flax msgpack file: {error!r}") from None
+    variables = fit_native_head(variables, with_head)
+    check_native(variables, build_model_spec(config), with_head, context=f"in {path}")
+    return model_class(with_head)(config), _as_jax(variables)
