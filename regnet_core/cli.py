@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BackendUnavailableError, config_has_head, framework_name, get_backend, resolve_checkpoint
+from .backends import (
+    BackendUnavailableError,
+    config_has_head,
+    framework_name,
+    get_backend,
+    resolve_checkpoint,
+    state_has_head,
+)
 from .checkpoint import is_checkpoint_dir, load_checkpoint
 from .complexity import model_complexity
 from .config import RegNetConfig
@@ -195,6 +202,86 @@ def _cmd_logits(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- convert
+FORMATS = {"dir": "checkpoint directory", "keras": "Keras .weights.h5 file", "flax": "Flax msgpack file"}
+_NATIVE_BACKEND = {"keras": "tf", "flax": "flax"}
+
+
+def detect_format(path: str, reading: bool) -> str:
+    """'dir', 'keras' or 'flax' from a path: .h5 is Keras, .msgpack is Flax, anything else a directory."""
+    if reading and not Path(path).exists():
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    if path.endswith(".h5"):
+        return "keras"
+    if path.endswith(".msgpack"):
+        return "flax"
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(
+            f"cannot tell the format of {path}: expected a checkpoint directory, a .weights.h5 or a .msgpack file "
+            f"(or name it with --{'from' if reading else 'to'} {'|'.join(FORMATS)})"
+        )
+    return "dir"
+
+
+def config_from_argument(text: str) -> RegNetConfig:
+    """A config from a zoo name, a config.json path or a checkpoint directory."""
+    if Path(text).is_dir():
+        return RegNetConfig.from_pretrained(text)
+    if Path(text).is_file():
+        return RegNetConfig.from_json_file(text)
+    return get_entry(text).config()
+
+
+def read_weights(path: str, fmt: str, config: RegNetConfig | None) -> tuple[RegNetConfig, dict[str, np.ndarray]]:
+    """(config, canonical state) from a checkpoint directory or a native file."""
+    if fmt == "dir":
+        if config is not None:
+            raise ValueError(
+                f"{path} is a checkpoint directory with its own config.json; --config is for files without one"
+            )
+        return load_checkpoint(path)
+    backend = get_backend(_NATIVE_BACKEND[fmt])
+    if config is None and fmt == "flax":
+        raise ValueError(f"{path} is a Flax msgpack file, which holds no config: pass --config NAME_OR_JSON")
+    model = backend.load_native(config, path, None)
+    module = model[0] if fmt == "flax" else model
+    return module.config, backend.to_canonical(model)
+
+
+def write_weights(path: str, fmt: str, config: RegNetConfig, state: dict[str, np.ndarray]) -> None:
+    """Write a canonical state as a checkpoint directory or a native file."""
+    with_head = state_has_head(state)
+    config = config.copy(architectures=["RegNetForImageClassification" if with_head else "RegNetModel"])
+    if fmt == "dir":
+        from .checkpoint import save_checkpoint
+        from .weights import prepare_state
+
+        _, state = prepare_state(state, build_model_spec(config), with_head=with_head, context=f"for {path}")
+        save_checkpoint(path, config, state)
+        return
+    if fmt == "keras" and not path.endswith(".weights.h5"):
+        raise ValueError(f"Keras weight files must be named *.weights.h5, got {path}")
+    backend = get_backend(_NATIVE_BACKEND[fmt])
+    backend.save_native(backend.from_canonical(config, state, with_head), path)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    if not Path(args.src).exists():
+        raise FileNotFoundError(f"no such file or directory: {args.src}")
+    source_format = args.source_format or detect_format(args.src, reading=True)
+    target_format = args.target_format or detect_format(args.dst, reading=False)
+    if Path(args.src).resolve() == Path(args.dst).resolve():
+        raise ValueError(f"source and destination are the same path: {args.src}")
+    config = config_from_argument(args.config) if args.config else None
+    config, state = read_weights(args.src, source_format, config)
+    write_weights(args.dst, target_format, config, state)
+    print(
+        f"wrote {args.dst} ({FORMATS[target_format]}) from {args.src} ({FORMATS[source_format]}), {len(state)} tensors"
+    )
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parity
 def _frameworks(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
@@ -242,6 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="Y.npy")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights for a zoo name")
     p.set_defaults(run=_cmd_logits)
+
+    p = commands.add_parser(
+        "convert", help="convert between a checkpoint directory, Keras .weights.h5 and Flax msgpack"
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--from", dest="source_format", choices=list(FORMATS), help="format of SRC (detected by default)")
+    p.add_argument("--to", dest="target_format", choices=list(FORMATS), help="format of DST (detected by default)")
+    p.add_argument(
+        "--config",
+        metavar="NAME_OR_JSON",
+        help="config for a file that carries none (zoo name, config.json or directory)",
+    )
+    p.set_defaults(run=_cmd_convert)
 
     p = commands.add_parser("parity", help="compare every output of the frameworks on one input; exit 1 if they differ")
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint directory or zoo name (seeded random weights)")

@@ -111,6 +111,6 @@ def save_native(model: FlaxModel, path: str | os.PathLike) -> Path:
     return pretrained.save_native(model, path)
 
 
-def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool = True) -> FlaxModel:
-    """Read a Flax msgpack file written by save_native."""
+def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool | None = None) -> FlaxModel:
+    """Read a Flax msgpack file written by save_native (``with_head=None``: as the file holds)."""
     return pretrained.load_native(config, path, with_head)

@@ -126,11 +126,12 @@ def save_native(model: FlaxModel, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool = True) -> FlaxModel:
+def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool | None = None) -> FlaxModel:
     """(module, variables) from a Flax msgpack file written by save_native, checked strictly.
 
-    As with checkpoint directories, a classifier's file also loads as a trunk (``with_head=False``);
-    a trunk's file loaded with a head reports the missing classifier.
+    ``with_head=None`` follows the file (a classifier's variables nest the trunk under
+    ``regnet``). As with checkpoint directories, a classifier's file also loads as a trunk
+    (``with_head=False``); a trunk's file loaded with a head reports the missing classifier.
     """
     path = Path(path)
     if not path.is_file():
@@ -141,6 +142,9 @@ def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool =
         variables = serialization.msgpack_restore(path.read_bytes())
     except Exception as error:  # msgpack raises several unrelated types on corrupt input
         raise CheckpointError(f"cannot read {path} as a Flax msgpack file: {error!r}") from None
+    if with_head is None:
+        params = variables.get(PARAMS) if isinstance(variables, dict) else None
+        with_head = isinstance(params, dict) and BASE_PREFIX.rstrip(".") in params
     variables = fit_native_head(variables, with_head)
     check_native(variables, build_model_spec(config), with_head, context=f"in {path}")
     return model_class(with_head)(config), _as_jax(variables)

@@ -95,6 +95,6 @@ def save_native(model: RegNetPreTrainedModel, path: str) -> None:
     _save_native(model, path)
 
 
-def load_native(config: RegNetConfig | None, path: str, with_head: bool = True) -> RegNetPreTrainedModel:
-    """Read a Keras ``.weights.h5`` file strictly (config may be None when the file carries one)."""
+def load_native(config: RegNetConfig | None, path: str, with_head: bool | None = None) -> RegNetPreTrainedModel:
+    """Read a Keras ``.weights.h5`` file strictly (config may be None when the file carries one; with_head None follows it)."""
     return _load_native(config, path, with_head)

@@ -84,12 +84,18 @@ def _config_differences(expected: RegNetConfig, found: RegNetConfig) -> list[str
     return differences
 
 
-def load_native(config: RegNetConfig | None, path: str | os.PathLike, with_head: bool = True) -> RegNetPreTrainedModel:
+def load_native(
+    config: RegNetConfig | None, path: str | os.PathLike, with_head: bool | None = None
+) -> RegNetPreTrainedModel:
     """A model holding the weights of a ``.weights.h5`` file, checked strictly against ``config``.
 
-    ``config`` may be None when the file carries one (files written by ``save_native`` do).
+    ``config`` may be None when the file carries one (files written by ``save_native`` do);
+    ``with_head=None`` follows the architecture the file's (or the given) config names.
     """
     stored = read_native_config(path)
+    if with_head is None:
+        known = stored if stored is not None else config
+        with_head = config_has_head(known) if known is not None else True
     if config is None:
         if stored is None:
             raise ValueError(f"{path} carries no {CONFIG_ATTRIBUTE!r} attribute; pass the model's config")

@@ -181,7 +181,9 @@ def test_zero_labels_gives_pooled_features_as_logits():
     np.testing.assert_equal(out.logits.shape, (2, 24))
 
 
-@pytest.mark.parametrize("name", ["regnet-y-320-seer", "regnet-y-1280-seer-in1k", "regnet-y-10b-seer", "regnet-y-10b-seer-in1k"])
+@pytest.mark.parametrize(
+    "name", ["regnet-y-320-seer", "regnet-y-1280-seer-in1k", "regnet-y-10b-seer", "regnet-y-10b-seer-in1k"]
+)
 def test_seer_state_dict_matches_the_table_on_the_meta_device(name):
     from regnet_core import get_entry
 
