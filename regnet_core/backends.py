@@ -73,9 +73,17 @@ def state_has_head(state: Mapping[str, Any]) -> bool:
     return any(name.startswith(BASE_PREFIX) for name in state)
 
 
+TRUNK_CLASS, CLASSIFIER_CLASS = "RegNetModel", "RegNetForImageClassification"
+
+
+def architecture_name(with_head: bool) -> str:
+    """The class name recorded in config.json's ``architectures``."""
+    return CLASSIFIER_CLASS if with_head else TRUNK_CLASS
+
+
 def config_has_head(config: RegNetConfig) -> bool:
     """False when the config names the trunk class (RegNetModel) as its architecture."""
-    return not (config.architectures and list(config.architectures) == ["RegNetModel"])
+    return not (config.architectures and list(config.architectures) == [TRUNK_CLASS])
 
 
 def resolve_checkpoint(ckpt: str, seed: int = 0) -> tuple[RegNetConfig, dict[str, np.ndarray], bool, str]:

@@ -89,13 +89,17 @@ def save_checkpoint(
     config: RegNetConfig,
     state: Mapping[str, np.ndarray],
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    architecture: str | None = None,
 ) -> Path:
     """Write config and canonical weights into ``directory``; files appear only once all are written.
 
-    Weight files from an earlier save that the new one does not use are removed.
+    ``architecture`` (a class name such as "RegNetModel") is recorded as the config's
+    ``architectures``. Weight files from an earlier save that the new one does not use are removed.
     """
     from safetensors.numpy import save_file
 
+    if architecture is not None:
+        config = config.copy(architectures=[architecture])
     directory = Path(directory)
     max_bytes = parse_size(max_shard_size)
     if directory.exists() and not directory.is_dir():
@@ -172,8 +176,10 @@ def load_state(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     raise CheckpointError(f"expected {WEIGHTS_NAME} or {INDEX_NAME} in {directory}, found {_describe(directory)}")
 
 
-def load_checkpoint(directory: str | os.PathLike) -> tuple[RegNetConfig, dict[str, np.ndarray]]:
-    """(config, canonical tensors) of a checkpoint directory."""
+def load_checkpoint(
+    directory: str | os.PathLike, config_changes: Mapping[str, object] | None = None
+) -> tuple[RegNetConfig, dict[str, np.ndarray]]:
+    """(config, canonical tensors) of a checkpoint directory; ``config_changes`` edit the config first."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(
@@ -182,6 +188,8 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[RegNetConfig, dict[st
     if not (directory / CONFIG_NAME).is_file():
         raise CheckpointError(f"expected {CONFIG_NAME} in {directory}, found {_describe(directory)}")
     config = RegNetConfig.from_pretrained(directory)
+    if config_changes:
+        config = config.copy(**config_changes)
     return config, load_state(directory)
 
 

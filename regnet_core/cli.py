@@ -12,18 +12,20 @@ import numpy as np
 
 from .backends import (
     BackendUnavailableError,
+    architecture_name,
     config_has_head,
     framework_name,
     get_backend,
     resolve_checkpoint,
     state_has_head,
 )
-from .checkpoint import is_checkpoint_dir, load_checkpoint
+from .checkpoint import is_checkpoint_dir, load_checkpoint, save_checkpoint
 from .complexity import model_complexity
 from .config import RegNetConfig
 from .io import atomic_write
 from .outputs import check_pixel_values
 from .specs import ModelSpec, build_model_spec
+from .weights import prepare_state
 from .zoo import ZOO, get_entry
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -166,10 +168,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     entry = get_entry(args.model)
     config = entry.config()
     model = backend.build(config, with_head=not entry.is_trunk, seed=args.seed)
-    from .checkpoint import save_checkpoint
-
-    architectures = ["RegNetModel" if entry.is_trunk else "RegNetForImageClassification"]
-    save_checkpoint(args.out, config.copy(architectures=architectures), backend.to_canonical(model))
+    save_checkpoint(args.out, config, backend.to_canonical(model), architecture=architecture_name(not entry.is_trunk))
     print(f"wrote {args.out} ({entry.name}, {framework_name(args.framework)} initialisation, seed {args.seed})")
     return EXIT_OK
 
@@ -252,11 +251,8 @@ def read_weights(path: str, fmt: str, config: RegNetConfig | None) -> tuple[RegN
 def write_weights(path: str, fmt: str, config: RegNetConfig, state: dict[str, np.ndarray]) -> None:
     """Write a canonical state as a checkpoint directory or a native file."""
     with_head = state_has_head(state)
-    config = config.copy(architectures=["RegNetForImageClassification" if with_head else "RegNetModel"])
+    config = config.copy(architectures=[architecture_name(with_head)])
     if fmt == "dir":
-        from .checkpoint import save_checkpoint
-        from .weights import prepare_state
-
         _, state = prepare_state(state, build_model_spec(config), with_head=with_head, context=f"for {path}")
         save_checkpoint(path, config, state)
         return

@@ -97,9 +97,7 @@ def from_pretrained(
     (for fine-tuning, e.g. with ``num_labels=10``). Other keywords change config fields
     before building. Every missing, unexpected or mis-shaped tensor is reported at once.
     """
-    config, state = load_checkpoint(directory)
-    if config_changes:
-        config = config.copy(**config_changes)
+    config, state = load_checkpoint(directory, config_changes)
     if with_head is None:
         with_head = reinit_head or any(name.startswith(BASE_PREFIX) for name in state)
     return from_canonical(config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {directory}")
@@ -113,8 +111,7 @@ def save_pretrained(
 ) -> Path:
     """Write config.json and model.safetensors (sharded above ``max_shard_size``) in the transformers layout."""
     state = to_canonical((module, dict(variables)))
-    config = module.config.copy(architectures=[type(module).__name__])
-    return save_checkpoint(directory, config, state, max_shard_size)
+    return save_checkpoint(directory, module.config, state, max_shard_size, type(module).__name__)
 
 
 def save_native(model: FlaxModel, path: str | os.PathLike) -> Path:

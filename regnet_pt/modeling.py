@@ -185,8 +185,7 @@ class RegNetPreTrainedModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
         """Write config.json and model.safetensors (sharded above ``max_shard_size``)."""
-        config = self.config.copy(architectures=[type(self).__name__])
-        return save_checkpoint(directory, config, self.canonical_state(), max_shard_size)
+        return save_checkpoint(directory, self.config, self.canonical_state(), max_shard_size, type(self).__name__)
 
     @classmethod
     def from_pretrained(
@@ -198,9 +197,7 @@ class RegNetPreTrainedModel(nn.Module):
         e.g. with ``num_labels=10``). Other keywords change config fields before building.
         The model is returned in eval mode.
         """
-        config, state = load_checkpoint(directory)
-        if config_changes:
-            config = config.copy(**config_changes)
+        config, state = load_checkpoint(directory, config_changes)
         model = cls(config, _skip_init=True)
         # The arrays were just read from disk and belong to nobody else: no need to copy them.
         model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}", _copy=False)

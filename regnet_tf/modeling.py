@@ -378,8 +378,7 @@ class RegNetPreTrainedModel(keras.Model):
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
         """Write config.json and model.safetensors (transformers layout, sharded above ``max_shard_size``)."""
-        config = self.config.copy(architectures=[type(self).__name__])
-        return save_checkpoint(directory, config, self.canonical_state(), max_shard_size)
+        return save_checkpoint(directory, self.config, self.canonical_state(), max_shard_size, type(self).__name__)
 
     @classmethod
     def from_pretrained(
@@ -390,9 +389,7 @@ class RegNetPreTrainedModel(keras.Model):
         ``reinit_head=True`` keeps the trunk and starts a fresh classifier (e.g. with
         ``num_labels=10``); other keywords change config fields before building.
         """
-        config, state = load_checkpoint(directory)
-        if config_changes:
-            config = config.copy(**config_changes)
+        config, state = load_checkpoint(directory, config_changes)
         model = cls(config, _skip_init=not reinit_head)
         return model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}")
 
@@ -409,8 +406,10 @@ class RegNetPreTrainedModel(keras.Model):
     def export(self, filepath: str | os.PathLike, format: str = "tf_saved_model", **kwargs: Any) -> Any:
         """Export for inference; the SavedModel's ``serve(pixel_values)`` returns a dict of output tensors.
 
-        The input signature defaults to (None, None, None, num_channels) float32.
+        The input signature defaults to (None, None, None, num_channels) float32; Keras' listing
+        of every captured variable is off unless ``verbose=True``.
         """
+        kwargs.setdefault("verbose", False)
         if format == "tf_saved_model" and "input_signature" not in kwargs:
             kwargs["input_signature"] = [tf.TensorSpec(self.input_shape_nhwc, tf.float32, name="pixel_values")]
         return super().export(filepath, format=format, **kwargs)
