@@ -166,3 +166,27 @@ def test_console_script_exit_codes():
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     module = subprocess.run([sys.executable, "-m", "regnet_core.cli", "info", "nope"], capture_output=True, text=True)
     assert module.returncode == 2
+
+
+@requires("torch")
+def test_logits_of_a_trunk_writes_pooled_features_and_info_reads_directories(tmp_path, capsys):
+    from regnet_pt import RegNetModel
+    from tests.helpers import tiny_config
+
+    RegNetModel(tiny_config()).save_pretrained(tmp_path / "trunk")
+    np.save(tmp_path / "x.npy", np.ones((2, 3, 32, 32), np.float32))
+    code, out, err = _run(
+        capsys,
+        "logits",
+        str(tmp_path / "trunk"),
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--output",
+        str(tmp_path / "f.npy"),
+    )
+    assert code == 0 and "trunk without a classifier" in err
+    assert np.load(tmp_path / "f.npy").shape == (2, 24)
+    code, out, _ = _run(capsys, "info", str(tmp_path / "trunk"), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["name"] == "trunk" and info["num_labels"] == 0
+    assert [s["width"] for s in info["stages"]] == [8, 16, 24]
