@@ -38,6 +38,30 @@ BN_KINDS = (BN_WEIGHT, BN_BIAS, BN_MEAN, BN_VAR, BN_COUNT)
 TRAINABLE_KINDS = (CONV, CONV_BIAS, BN_WEIGHT, BN_BIAS, DENSE, DENSE_BIAS)
 
 
+# Channels-last frameworks (Keras, Flax) keep conv kernels HWIO and dense kernels (in, out);
+# these axis orders take canonical arrays there and back. Other kinds keep their layout.
+_CHANNELS_LAST_AXES = {CONV: (2, 3, 1, 0), DENSE: (1, 0)}
+_CANONICAL_AXES = {CONV: (3, 2, 0, 1), DENSE: (1, 0)}
+
+
+def channels_last_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    """Shape of a canonical tensor in the channels-last layout (conv HWIO, dense (in, out))."""
+    axes = _CHANNELS_LAST_AXES.get(kind)
+    return tuple(shape) if axes is None else tuple(shape[axis] for axis in axes)
+
+
+def to_channels_last(value: np.ndarray, kind: str) -> np.ndarray:
+    """A new C-contiguous array in the channels-last layout (conv OIHW -> HWIO, dense transposed)."""
+    axes = _CHANNELS_LAST_AXES.get(kind)
+    return np.array(value if axes is None else np.transpose(value, axes), order="C", copy=True)
+
+
+def from_channels_last(value: np.ndarray, kind: str) -> np.ndarray:
+    """A new C-contiguous canonical array from the channels-last layout (inverse of to_channels_last)."""
+    axes = _CANONICAL_AXES.get(kind)
+    return np.array(value if axes is None else np.transpose(value, axes), order="C", copy=True)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One canonical tensor: name, shape, kind and the module path it belongs to."""

@@ -34,8 +34,11 @@ from regnet_core.weights import (
     TRAINABLE_KINDS,
     CheckpointMismatchError,
     TensorSpec,
+    channels_last_shape,
+    from_channels_last,
     parameter_table,
     prepare_state,
+    to_channels_last,
 )
 
 PARAMS = "params"
@@ -53,9 +56,6 @@ _LEAVES = {
     DENSE: (PARAMS, "kernel"),
     DENSE_BIAS: (PARAMS, "bias"),
 }
-# Canonical -> native axis orders; kinds not listed keep their layout.
-_TO_NATIVE_AXES = {CONV: (2, 3, 1, 0), DENSE: (1, 0)}
-_TO_CANONICAL_AXES = {CONV: (3, 2, 0, 1), DENSE: (1, 0)}
 # Float dtypes safetensors and numpy handle; others (bfloat16) are widened to float32.
 _PORTABLE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -81,8 +81,7 @@ def native_path(tensor: TensorSpec) -> tuple[str, ...] | None:
 
 def native_shape(tensor: TensorSpec) -> tuple[int, ...]:
     """The tensor's shape in the Flax layout."""
-    axes = _TO_NATIVE_AXES.get(tensor.kind)
-    return tensor.shape if axes is None else tuple(tensor.shape[axis] for axis in axes)
+    return channels_last_shape(tensor.shape, tensor.kind)
 
 
 def _entries(
@@ -185,11 +184,9 @@ def to_native(
         path = native_path(tensor)
         if path is None:
             continue
-        value = prepared[tensor.name]
-        axes = _TO_NATIVE_AXES.get(tensor.kind)
-        # Always fresh memory: JAX on CPU may wrap a numpy buffer without copying, and the
-        # caller's canonical arrays must stay theirs to reuse (nothing here is a view of them).
-        flat["/".join(path)] = np.array(value if axes is None else np.transpose(value, axes), order="C", copy=True)
+        # Always fresh memory (to_channels_last copies): JAX on CPU may wrap a numpy buffer
+        # without copying, and the caller's canonical arrays must stay theirs to reuse.
+        flat["/".join(path)] = to_channels_last(prepared[tensor.name], tensor.kind)
     return _nest(flat)
 
 
@@ -197,11 +194,8 @@ def _canonical_array(value: Any, kind: str) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype not in _PORTABLE_FLOATS:
         array = array.astype(np.float32)
-    axes = _TO_CANONICAL_AXES.get(kind)
-    if axes is not None:
-        array = np.transpose(array, axes)
-    # Own, writeable memory: never a view of a device buffer or of the caller's tree.
-    return np.array(array, order="C", copy=True)
+    # Own, writeable memory (from_channels_last copies): never a view of a device buffer or of the caller's tree.
+    return from_channels_last(array, kind)
 
 
 def from_native(

@@ -38,9 +38,12 @@ from regnet_core.weights import (
     TensorSpec,
     block_module_names,
     block_prefix,
+    channels_last_shape,
     check_state,
+    from_channels_last,
     parameter_table,
     prepare_state,
+    to_channels_last,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,28 +128,7 @@ def _native_pairs(spec: ModelSpec, with_head: bool) -> list[tuple[TensorSpec, st
 
 def native_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
     """Keras shape of a canonical tensor: conv OIHW -> HWIO, dense (out, in) -> (in, out)."""
-    if kind == CONV:
-        out_channels, in_channels, height, width = shape
-        return (height, width, in_channels, out_channels)
-    if kind == DENSE:
-        return (shape[1], shape[0])
-    return tuple(shape)
-
-
-def _to_native_array(value: np.ndarray, kind: str) -> np.ndarray:
-    if kind == CONV:
-        return np.ascontiguousarray(np.transpose(value, (2, 3, 1, 0)))
-    if kind == DENSE:
-        return np.ascontiguousarray(value.T)
-    return np.asarray(value)
-
-
-def _to_canonical_array(value: np.ndarray, kind: str) -> np.ndarray:
-    if kind == CONV:
-        return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)))
-    if kind == DENSE:
-        return np.ascontiguousarray(value.T)
-    return np.asarray(value)
+    return channels_last_shape(shape, kind)
 
 
 def native_table(spec: ModelSpec, with_head: bool = True) -> dict[str, tuple[int, ...]]:
@@ -165,7 +147,7 @@ def to_native(
     """Canonical numpy weights -> {native path: Keras-layout array}, strictly (see core prepare_state)."""
     _, prepared = prepare_state(state, spec, with_head=with_head, context=context)
     return {
-        path: _to_native_array(prepared[tensor.name], tensor.kind) for tensor, path in _native_pairs(spec, with_head)
+        path: to_channels_last(prepared[tensor.name], tensor.kind) for tensor, path in _native_pairs(spec, with_head)
     }
 
 
@@ -178,7 +160,7 @@ def from_native(native: Mapping[str, np.ndarray], spec: ModelSpec, with_head: bo
         if tensor.kind == BN_COUNT:  # Keras keeps no batch counter; transformers expects the buffer
             state[tensor.name] = np.zeros((), np.int64)
         else:
-            value = _to_canonical_array(np.asarray(native[paths[tensor.name]]), tensor.kind)
+            value = from_channels_last(np.asarray(native[paths[tensor.name]]), tensor.kind)
             state[tensor.name] = value.astype(tensor.dtype, copy=False)
     return state
 
@@ -241,7 +223,7 @@ def assign_canonical(
     _check_native(variables, spec, with_head, context="of the Keras model")
     for tensor, path in _native_pairs(spec, with_head):
         if tensor.name in loaded:
-            variables[path].assign(_to_native_array(prepared[tensor.name], tensor.kind))
+            variables[path].assign(to_channels_last(prepared[tensor.name], tensor.kind))
 
 
 def read_canonical(model: keras.Model) -> dict[str, np.ndarray]:
@@ -258,5 +240,5 @@ def canonical_gradients(model: keras.Model, gradients: Iterable[tuple[Any, Any]]
     out = {}
     for variable, gradient in gradients:
         tensor = pairs[relative_path(model, variable)]
-        out[tensor.name] = _to_canonical_array(np.asarray(gradient), tensor.kind)
+        out[tensor.name] = from_channels_last(np.asarray(gradient), tensor.kind)
     return out
