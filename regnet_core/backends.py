@@ -34,7 +34,7 @@ from .checkpoint import is_checkpoint_dir, load_checkpoint
 from .config import RegNetConfig
 from .specs import build_model_spec
 from .weights import BASE_PREFIX, random_state
-from .zoo import get_entry, is_zoo_name
+from .zoo import get_entry
 
 FRAMEWORKS = ("pt", "tf", "flax")
 _MODULES = {"pt": "regnet_pt.backend", "tf": "regnet_tf.backend", "flax": "regnet_flax.backend"}
@@ -96,9 +96,7 @@ def resolve_checkpoint(ckpt: str, seed: int = 0) -> tuple[RegNetConfig, dict[str
         return config, state, state_has_head(state), str(Path(ckpt))
     if Path(ckpt).exists():
         load_checkpoint(ckpt)  # raises the precise error (file, or a directory without config.json)
-    if not is_zoo_name(ckpt):
-        get_entry(ckpt)  # raises UnknownModelError with suggestions
-    entry = get_entry(ckpt)
+    entry = get_entry(ckpt)  # an unknown name raises UnknownModelError with suggestions
     config = entry.config()
     with_head = not entry.is_trunk
     state = random_state(build_model_spec(config), seed=seed, with_head=with_head)

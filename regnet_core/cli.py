@@ -95,9 +95,9 @@ def _load_config(name_or_dir: str) -> tuple[str, RegNetConfig, dict[str, Any] | 
 def model_info(name_or_dir: str, image_size: int = 224) -> dict[str, Any]:
     """Everything ``regnet info --json`` prints, as a dict."""
     name, config, design = _load_config(name_or_dir)
-    spec = build_model_spec(config)
     if not config_has_head(config):
-        spec = build_model_spec(config.copy(num_labels=0))
+        config = config.copy(num_labels=0)
+    spec = build_model_spec(config)
     report = model_complexity(spec, image_size)
     return {
         "name": name,
@@ -208,8 +208,6 @@ _NATIVE_BACKEND = {"keras": "tf", "flax": "flax"}
 
 def detect_format(path: str, reading: bool) -> str:
     """'dir', 'keras' or 'flax' from a path: .h5 is Keras, .msgpack is Flax, anything else a directory."""
-    if reading and not Path(path).exists():
-        raise FileNotFoundError(f"no such file or directory: {path}")
     if path.endswith(".h5"):
         return "keras"
     if path.endswith(".msgpack"):

@@ -210,9 +210,9 @@ class RegNetPreTrainedModel(nn.Module):
         tensors = state_from_canonical(
             state, self.spec, with_head=self._with_head, reinit_head=reinit_head, context=context, copy=_copy
         )
-        on_meta = next(self.parameters()).device.type == "meta"
+        device = next(self.parameters()).device
+        on_meta = device.type == "meta"
         if not on_meta:
-            device = next(self.parameters()).device
             tensors = {name: value.to(device) for name, value in tensors.items()}
         self.load_state_dict(tensors, strict=not reinit_head, assign=on_meta)
         if reinit_head and self._with_head:
