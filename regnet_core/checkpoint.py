@@ -2,7 +2,9 @@
 
 A directory holds ``config.json``, ``preprocessor_config.json`` and either
 ``model.safetensors`` or shards ``model-0000k-of-0000n.safetensors`` listed in
-``model.safetensors.index.json``. Every backend reads and writes through here.
+``model.safetensors.index.json`` (transformers' ``pytorch_model.bin`` variants are read
+too). Tensors are read lazily and written as a stream. Every backend reads and writes
+through here.
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .config import CONFIG_NAME, RegNetConfig
+from .containers import open_pickle_state, open_sharded
+from .errors import CheckpointError
+from .safetensors_io import open_safetensors, plan_shards, write_safetensors
+from .tensors import LazyTensor, is_float, itemsize, stored_dtype
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+BIN_NAME = "pytorch_model.bin"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _SHARD_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
@@ -51,10 +60,6 @@ DEFAULT_PREPROCESSOR = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be read: says what was expected and what was found."""
-
-
 def parse_size(size: int | str) -> int:
     """Bytes from an int or a string such as '5GB', '200MB' or '1GiB'."""
     if isinstance(size, int) and not isinstance(size, bool):
@@ -71,123 +76,158 @@ def parse_size(size: int | str) -> int:
     return value
 
 
-def _shards(state: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
-    shards: list[dict[str, np.ndarray]] = [{}]
-    used = 0
-    for name, value in state.items():
-        nbytes = value.nbytes
-        if shards[-1] and used + nbytes > max_bytes:
-            shards.append({})
-            used = 0
-        shards[-1][name] = value
-        used += nbytes
-    return shards
+def output_dtype(value: Any, dtype: str | None = None) -> str:
+    """The dtype a tensor is written in: ``dtype`` for floating tensors when given, else its own (float64 as float32)."""
+    stored = stored_dtype(value)
+    if is_float(stored):
+        if dtype is not None:
+            return dtype
+        return "float32" if stored == "float64" else stored
+    return stored
+
+
+def write_checkpoint_directory(
+    target: str | os.PathLike,
+    config: RegNetConfig,
+    state: Mapping[str, Any],
+    dtypes: Mapping[str, str] | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    progress: Callable[[str, int], None] | None = None,
+    preprocessor: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write config.json, preprocessor_config.json and the weights (streamed, sharded) into ``target``.
+
+    ``state`` maps canonical names to arrays or LazyTensors, in the order to write them;
+    ``dtypes`` gives each tensor's output dtype (default: ``output_dtype``). Returns the
+    files written; ``target`` is created, files already there are overwritten.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    max_bytes = parse_size(max_shard_size)
+    dtypes = {name: (dtypes or {}).get(name) or output_dtype(value) for name, value in state.items()}
+    sizes = [
+        (name, int(np.prod(np.shape(value), dtype=np.int64)) * itemsize(dtypes[name])) for name, value in state.items()
+    ]
+    shards = plan_shards(sizes, max_bytes)
+    written: list[Path] = []
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        write_safetensors(target / WEIGHTS_NAME, state, dtypes, metadata, progress)
+        written.append(target / WEIGHTS_NAME)
+    else:
+        weight_map = {}
+        for index, names in enumerate(shards, start=1):
+            file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+            write_safetensors(target / file_name, {n: state[n] for n in names}, dtypes, metadata, progress)
+            written.append(target / file_name)
+            weight_map.update({name: file_name for name in names})
+        index_data = {"metadata": {"total_size": sum(size for _, size in sizes)}, "weight_map": weight_map}
+        (target / INDEX_NAME).write_text(json.dumps(index_data, indent=2, sort_keys=True) + "\n")
+        written.append(target / INDEX_NAME)
+    (target / CONFIG_NAME).write_text(config.to_json_string())
+    written.append(target / CONFIG_NAME)
+    (target / PREPROCESSOR_NAME).write_text(json.dumps(dict(preprocessor or DEFAULT_PREPROCESSOR), indent=2) + "\n")
+    written.append(target / PREPROCESSOR_NAME)
+    return written
 
 
 def save_checkpoint(
     directory: str | os.PathLike,
     config: RegNetConfig,
-    state: Mapping[str, np.ndarray],
+    state: Mapping[str, Any],
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     architecture: str | None = None,
+    dtype: str | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> Path:
     """Write config and canonical weights into ``directory``; files appear only once all are written.
 
     ``architecture`` (a class name such as "RegNetModel") is recorded as the config's
-    ``architectures``. Weight files from an earlier save that the new one does not use are removed.
+    ``architectures``; ``dtype`` casts floating tensors on the way out. Weight files from
+    an earlier save that the new one does not use are removed; other files are kept.
     """
-    from safetensors.numpy import save_file
-
     if architecture is not None:
         config = config.copy(architectures=[architecture])
     directory = Path(directory)
-    max_bytes = parse_size(max_shard_size)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"expected a directory to save into, got the file {directory}")
+    parse_size(max_shard_size)  # a bad size is an error before anything is written
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {name: np.asarray(value, order="C") for name, value in state.items()}
-    shards = _shards(arrays, max_bytes)
+    preprocessor = None
+    if (directory / PREPROCESSOR_NAME).is_file():
+        try:
+            preprocessor = json.loads((directory / PREPROCESSOR_NAME).read_text())
+        except (OSError, ValueError):
+            preprocessor = None
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=directory))
     try:
-        written: list[str] = []
-        if len(shards) == 1:
-            save_file(shards[0], str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-            written.append(WEIGHTS_NAME)
-        else:
-            weight_map = {}
-            for index, shard in enumerate(shards, start=1):
-                file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(staging / file_name), metadata={"format": "pt"})
-                written.append(file_name)
-                weight_map.update({name: file_name for name in shard})
-            index_data = {"metadata": {"total_size": sum(v.nbytes for v in arrays.values())}, "weight_map": weight_map}
-            (staging / INDEX_NAME).write_text(json.dumps(index_data, indent=2, sort_keys=True) + "\n")
-            written.append(INDEX_NAME)
-        (staging / CONFIG_NAME).write_text(config.to_json_string())
-        written.append(CONFIG_NAME)
-        if not (directory / PREPROCESSOR_NAME).exists():
-            (staging / PREPROCESSOR_NAME).write_text(json.dumps(DEFAULT_PREPROCESSOR, indent=2) + "\n")
-            written.append(PREPROCESSOR_NAME)
-        for file_name in written:
-            os.replace(staging / file_name, directory / file_name)
+        dtypes = {name: output_dtype(value, dtype) for name, value in state.items()}
+        written = write_checkpoint_directory(staging, config, state, dtypes, max_shard_size, progress, preprocessor)
+        names = [path.name for path in written]
+        for name in names:
+            os.replace(staging / name, directory / name)
         for stale in directory.iterdir():
             is_weights = stale.name in (WEIGHTS_NAME, INDEX_NAME) or _SHARD_PATTERN.fullmatch(stale.name)
-            if is_weights and stale.name not in written:
+            if is_weights and stale.name not in names:
                 stale.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
-def _describe(directory: Path) -> str:
+def describe_directory(directory: Path) -> str:
+    """The first few names in a directory, for error messages ('nothing' when empty or absent)."""
     names = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
     return ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "nothing"
 
 
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as error:
-        raise CheckpointError(f"cannot read {path} as safetensors: {error}") from None
+def weight_files(directory: Path) -> tuple[dict[str, LazyTensor], list[Path]]:
+    """(canonical tensors, files) of a transformers PyTorch directory: safetensors preferred, then pytorch_model.bin."""
+    if (directory / WEIGHTS_NAME).is_file():
+        return open_safetensors(directory / WEIGHTS_NAME), [directory / WEIGHTS_NAME]
+    if (directory / INDEX_NAME).is_file():
+        return open_sharded(directory / INDEX_NAME, open_safetensors)
+    if (directory / BIN_NAME).is_file():
+        return open_pickle_state(directory / BIN_NAME), [directory / BIN_NAME]
+    if (directory / BIN_INDEX_NAME).is_file():
+        return open_sharded(directory / BIN_INDEX_NAME, open_pickle_state)
+    raise CheckpointError(
+        f"expected {WEIGHTS_NAME}, {INDEX_NAME}, {BIN_NAME} or {BIN_INDEX_NAME} in {directory}, "
+        f"found {describe_directory(directory)}"
+    )
 
 
 def load_state(directory: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Canonical tensors of a checkpoint directory, from one file or from shards."""
-    directory = Path(directory)
-    if (directory / WEIGHTS_NAME).is_file():
-        return _load_safetensors(directory / WEIGHTS_NAME)
-    if (directory / INDEX_NAME).is_file():
-        try:
-            weight_map = json.loads((directory / INDEX_NAME).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{directory / INDEX_NAME} is not a safetensors index: {error!r}") from None
-        state: dict[str, np.ndarray] = {}
-        for file_name in sorted(set(weight_map.values())):
-            if not (directory / file_name).is_file():
-                raise CheckpointError(f"{directory / INDEX_NAME} lists the shard {file_name}, which is missing")
-            state.update(_load_safetensors(directory / file_name))
-        absent = sorted(set(weight_map) - set(state))
-        if absent:
-            raise CheckpointError(f"shards in {directory} lack tensors their index lists: {', '.join(absent)}")
-        return state
-    raise CheckpointError(f"expected {WEIGHTS_NAME} or {INDEX_NAME} in {directory}, found {_describe(directory)}")
+    """Canonical tensors of a checkpoint directory (one file or shards) as numpy arrays (bfloat16 as float32).
+
+    ``weight_files`` gives the same tensors lazily, one read per tensor when it is needed.
+    """
+    return {name: tensor.load() for name, tensor in weight_files(Path(directory))[0].items()}
+
+
+def read_directory_config(directory: Path) -> RegNetConfig:
+    """The RegNetConfig in a directory's config.json, with errors that name the file."""
+    if not (directory / CONFIG_NAME).is_file():
+        raise CheckpointError(f"expected {CONFIG_NAME} in {directory}, found {describe_directory(directory)}")
+    try:
+        return RegNetConfig.from_pretrained(directory)
+    except ValueError as error:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from None
 
 
 def load_checkpoint(
     directory: str | os.PathLike, config_changes: Mapping[str, object] | None = None
 ) -> tuple[RegNetConfig, dict[str, np.ndarray]]:
-    """(config, canonical tensors) of a checkpoint directory; ``config_changes`` edit the config first."""
+    """(config, canonical numpy tensors) of a checkpoint directory; ``config_changes`` edit the config first.
+
+    For any format, lazily, use ``regnet_core.convert.read_checkpoint``.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(
             f"expected a checkpoint directory, got {directory} ({'a file' if directory.exists() else 'no such path'})"
         )
-    if not (directory / CONFIG_NAME).is_file():
-        raise CheckpointError(f"expected {CONFIG_NAME} in {directory}, found {_describe(directory)}")
-    config = RegNetConfig.from_pretrained(directory)
+    config = read_directory_config(directory)
     if config_changes:
         config = config.copy(**config_changes)
     return config, load_state(directory)

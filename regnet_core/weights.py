@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .errors import CheckpointError
 from .specs import BlockSpec, ModelSpec
+from .tensors import LazyTensor, check_finite, check_weight_dtypes
 
 BASE_PREFIX = "regnet."
 # Module name pieces of the canonical (transformers) layout, for backends that map names.
@@ -101,15 +104,26 @@ def _conv_bn(module: str, c_in: int, c_out: int, kernel: int, groups: int = 1) -
     yield from _bn(f"{module}.{NORM_MODULE}", c_out)
 
 
-def block_module_names(block: BlockSpec) -> dict[str, str]:
-    """Relative module names inside a block: projection, conv a, conv b, SE, conv c."""
+def block_role_modules(has_se: bool) -> dict[str, str]:
+    """Canonical module of each role in a block: conv a, conv b, SE (Y blocks), conv c, projection ("proj").
+
+    SE shifts conv c from ``layer.2`` to ``layer.3``.
+    """
     names = {"a": "layer.0", "b": "layer.1"}
-    if block.has_se:
+    if has_se:
         names.update(se="layer.2", c="layer.3")
     else:
         names.update(c="layer.2")
+    names["proj"] = "shortcut"
+    return names
+
+
+def block_module_names(block: BlockSpec) -> dict[str, str]:
+    """Relative module names inside a block: projection, conv a, conv b, SE, conv c."""
+    names = block_role_modules(block.has_se)
+    projection = names.pop("proj")
     if block.has_projection:
-        names["projection"] = "shortcut"
+        names["projection"] = projection
     return names
 
 
@@ -184,7 +198,7 @@ def random_state(spec: ModelSpec, seed: int = 0, with_head: bool = True) -> dict
     return state
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A state dict does not fit the model: lists every missing, unexpected and mis-shaped key."""
 
     def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str], context: str = "") -> None:
@@ -200,7 +214,7 @@ class CheckpointMismatchError(ValueError):
         super().__init__(f"checkpoint{where} does not match the model: " + "; ".join(parts))
 
 
-def check_state(state: Mapping[str, np.ndarray], table: list[TensorSpec], context: str = "") -> None:
+def check_state(state: Mapping[str, Any], table: list[TensorSpec], context: str = "") -> None:
     """Raise CheckpointMismatchError unless ``state`` has exactly the table's tensors and shapes.
 
     Optional tensors (num_batches_tracked) may be absent.
@@ -217,15 +231,34 @@ def check_state(state: Mapping[str, np.ndarray], table: list[TensorSpec], contex
         raise CheckpointMismatchError(missing, unexpected, mismatched, context)
 
 
-def complete_state(state: Mapping[str, np.ndarray], table: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """Checked copy of ``state`` in table order, float32 tensors and zero num_batches_tracked filled in."""
+def _cast(name: str, value: Any, dtype: np.dtype) -> Any:
+    """``value`` as ``dtype``, checked finite; a LazyTensor stays lazy (cast and checked when loaded)."""
+
+    def convert(array: np.ndarray) -> np.ndarray:
+        array = np.asarray(array).astype(dtype, copy=False)
+        check_finite(name, array)
+        return array
+
+    if isinstance(value, LazyTensor):
+        return value.map(convert)
+    return convert(value)
+
+
+def complete_state(state: Mapping[str, Any], table: list[TensorSpec]) -> dict[str, Any]:
+    """Checked ``state`` in table order: float32 values (LazyTensors stay lazy), zero num_batches_tracked filled in.
+
+    Integer or boolean weights are refused up front, NaN or infinity when a tensor is loaded,
+    each with the tensor's name.
+    """
     check_state(state, table)
+    kinds = {tensor.name: tensor.kind for tensor in table}
+    check_weight_dtypes(state, lambda name: kinds.get(name) == BN_COUNT)
     out = {}
     for tensor in table:
         value = state.get(tensor.name)
         if value is None:
             value = np.zeros(tensor.shape, tensor.dtype)
-        out[tensor.name] = np.asarray(value).astype(tensor.dtype, copy=False)
+        out[tensor.name] = _cast(tensor.name, value, tensor.dtype)
     return out
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from regnet_core.specs import ModelSpec
+from regnet_core.tensors import LazyTensor, materialize
 from regnet_core.weights import prepare_state
 
 
@@ -37,7 +38,11 @@ def state_from_canonical(
     With ``copy=False`` the tensors may share memory with ``state`` (for callers that own it).
     """
     _, prepared = prepare_state(state, spec, with_head=with_head, reinit_head=reinit_head, context=context)
-    return {
-        name: torch.from_numpy(np.array(value, copy=copy or not value.flags.writeable))
-        for name, value in prepared.items()
-    }
+    tensors = {}
+    for name, value in prepared.items():
+        lazy = isinstance(value, LazyTensor)
+        array = materialize(value)
+        # A lazily read tensor is fresh memory already; an in-memory array is the caller's unless copy=False.
+        fresh = (lazy and array.flags.writeable) or (not copy and array.flags.writeable)
+        tensors[name] = torch.from_numpy(array if fresh else np.array(array, copy=True))
+    return tensors

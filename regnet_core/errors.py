@@ -1,0 +1,11 @@
+"""Error types shared across the core; every one is a ValueError that says what was expected and what came."""
+
+from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: says what was expected and what was found."""
+
+
+class FormatError(CheckpointError):
+    """A checkpoint whose format cannot be told, or is not the one asked for: lists what was seen."""

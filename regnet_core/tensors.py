@@ -1,0 +1,221 @@
+"""Lazy tensors: a name, a shape and a stored dtype now, the values only when asked for.
+
+Checkpoint readers hand out ``LazyTensor`` objects so that a conversion or a load can walk
+a model tensor by tensor and never hold more than one tensor's values (plus the model
+being filled). numpy has no bfloat16, so bfloat16 values are widened to float32 on load
+(exactly: bfloat16 is the top half of a float32) and narrowed again on write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+_ITEMSIZE = {
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "float16": 2,
+    "bfloat16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+}
+
+
+class TensorError(ValueError):
+    """A tensor whose values cannot be used as weights (integers, NaN or infinity, bad bytes)."""
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype's plain name ('float32', 'bfloat16', ...) from numpy, torch, ml_dtypes or a string."""
+    text = str(dtype)
+    for prefix in ("torch.", "<class 'numpy.", "dtype('"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    text = text.rstrip("')>")
+    return {"half": "float16", "float": "float32", "double": "float64", "bf16": "bfloat16"}.get(text, text)
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per value of a dtype name."""
+    if dtype not in _ITEMSIZE:
+        raise TensorError(f"unsupported tensor dtype {dtype!r}; expected one of {', '.join(_ITEMSIZE)}")
+    return _ITEMSIZE[dtype]
+
+
+def is_float(dtype: str) -> bool:
+    """True for the floating dtypes a weight may have."""
+    return dtype in FLOAT_DTYPES
+
+
+def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 numbers given as their uint16 bit patterns (exact)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """uint16 bit patterns of float32 values rounded to bfloat16 (round to nearest, ties to even)."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def from_storage(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Values from stored data: bfloat16 bit patterns (uint16) become float32, other dtypes pass through."""
+    return bfloat16_bits_to_float32(raw) if dtype == "bfloat16" else raw
+
+
+def to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored form of values in a dtype: bfloat16 as uint16 bit patterns, others as numpy arrays."""
+    if dtype == "bfloat16":
+        return float32_to_bfloat16_bits(np.asarray(values, np.float32))
+    return np.ascontiguousarray(values, dtype=np.dtype(dtype))
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype values of a stored dtype load as (bfloat16 loads as float32)."""
+    return np.dtype(np.float32) if dtype == "bfloat16" else np.dtype(dtype)
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor read on demand: ``shape`` and stored ``dtype`` now, ``load()`` for the values.
+
+    ``source`` says where the tensor lives (file and name) for error messages.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    loader: Callable[[], np.ndarray]
+    source: str = ""
+    # The values as stored (bfloat16 as uint16 bit patterns), when the reader can give them
+    # without widening: lets a writer pass bytes through unchanged.
+    stored_loader: Callable[[], np.ndarray] | None = None
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of values."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored values."""
+        return self.size * itemsize(self.dtype)
+
+    def load(self) -> np.ndarray:
+        """The values as a numpy array of the stored shape (bfloat16 widened to float32)."""
+        value = np.asarray(self.loader())
+        if tuple(value.shape) != tuple(self.shape):
+            raise TensorError(f"{self.source or 'tensor'}: expected shape {self.shape}, read {tuple(value.shape)}")
+        return value
+
+    def load_stored(self) -> np.ndarray:
+        """The values in their stored form (bfloat16 as uint16 bit patterns), of the tensor's shape."""
+        if self.stored_loader is None:
+            return to_storage(self.load(), self.dtype)
+        value = np.asarray(self.stored_loader())
+        if tuple(value.shape) != tuple(self.shape):
+            raise TensorError(f"{self.source or 'tensor'}: expected shape {self.shape}, read {tuple(value.shape)}")
+        return value
+
+    def map(
+        self,
+        transform: Callable[[np.ndarray], np.ndarray],
+        shape: tuple[int, ...] | None = None,
+        layout_only: bool = False,
+    ) -> LazyTensor:
+        """A lazy tensor whose values are ``transform(self.load())`` (``shape``: its new shape).
+
+        ``layout_only`` says the transform only moves values (transpose, flip, reshape), so it
+        applies to the stored form as well and a writer may pass the bytes through.
+        """
+        loader, stored = self.loader, self.stored_loader
+        stored_loader = None
+        if layout_only and stored is not None:
+
+            def stored_loader() -> np.ndarray:
+                return transform(np.asarray(stored()))
+
+        return LazyTensor(
+            tuple(self.shape if shape is None else shape),
+            self.dtype,
+            lambda: transform(np.asarray(loader())),
+            self.source,
+            stored_loader,
+        )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        value = self.load()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+
+def lazy(value: Any, source: str = "") -> LazyTensor:
+    """A LazyTensor for an in-memory array (or a LazyTensor itself)."""
+    if isinstance(value, LazyTensor):
+        return value
+    array = value
+    if not isinstance(array, np.ndarray):
+        array = np.asarray(array)
+    return LazyTensor(tuple(array.shape), dtype_name(array.dtype), lambda: array, source)
+
+
+def stored_dtype(value: Any) -> str:
+    """The stored dtype name of an array or a LazyTensor."""
+    return value.dtype if isinstance(value, LazyTensor) else dtype_name(np.asarray(value).dtype)
+
+
+def materialize(value: Any) -> np.ndarray:
+    """numpy values of an array or a LazyTensor."""
+    return value.load() if isinstance(value, LazyTensor) else np.asarray(value)
+
+
+def total_bytes(values: Iterable[Any]) -> int:
+    """Stored bytes of arrays and LazyTensors together."""
+    total = 0
+    for value in values:
+        total += value.nbytes if isinstance(value, LazyTensor) else np.asarray(value).nbytes
+    return total
+
+
+def check_finite_stored(name: str, stored: np.ndarray, dtype: str) -> None:
+    """check_finite on values in their stored form (bfloat16 bit patterns checked by their exponent)."""
+    if dtype == "bfloat16":
+        bad = int(np.count_nonzero((np.asarray(stored, np.uint16) & 0x7F80) == 0x7F80))
+        if bad:
+            raise TensorError(f"tensor {name} holds {bad} non-finite value(s) (NaN or infinity); refusing to use it")
+    else:
+        check_finite(name, stored)
+
+
+def check_finite(name: str, values: np.ndarray) -> None:
+    """Raise TensorError naming the tensor when it holds NaN or infinity."""
+    if values.dtype.kind == "f" and values.size and not np.isfinite(values).all():
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        raise TensorError(f"tensor {name} holds {bad} non-finite value(s) (NaN or infinity); refusing to use it")
+
+
+def check_weight_dtypes(state: Mapping[str, Any], integer_ok: Callable[[str], bool]) -> None:
+    """Raise TensorError naming every tensor whose dtype is not floating (except where ``integer_ok``)."""
+    bad = [
+        f"{name} ({stored_dtype(value)})"
+        for name, value in state.items()
+        if not is_float(stored_dtype(value)) and not integer_ok(name)
+    ]
+    if bad:
+        raise TensorError(f"expected floating-point weights, got {len(bad)} tensor(s) that are not: {', '.join(bad)}")
