@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import is_checkpoint_dir, load_checkpoint
 from .config import RegNetConfig
+from .hub import looks_like_hub_id
 from .specs import build_model_spec
 from .weights import BASE_PREFIX, random_state
 from .zoo import get_entry
@@ -87,15 +87,15 @@ def config_has_head(config: RegNetConfig) -> bool:
 
 
 def resolve_checkpoint(ckpt: str, seed: int = 0) -> tuple[RegNetConfig, dict[str, np.ndarray], bool, str]:
-    """(config, canonical state, with_head, description) for a checkpoint directory or a zoo name.
+    """(config, canonical state, with_head, description) for a checkpoint (any format, or a hub id) or a zoo name.
 
     A zoo name gives seeded random weights with randomised BN statistics and head.
     """
-    if is_checkpoint_dir(ckpt):
-        config, state = load_checkpoint(ckpt)
-        return config, state, state_has_head(state), str(Path(ckpt))
-    if Path(ckpt).exists():
-        load_checkpoint(ckpt)  # raises the precise error (file, or a directory without config.json)
+    if Path(ckpt).exists() or looks_like_hub_id(ckpt):
+        from .convert import read_checkpoint
+
+        checkpoint = read_checkpoint(ckpt)
+        return checkpoint.config, checkpoint.canonical_state(), checkpoint.with_head, str(ckpt)
     entry = get_entry(ckpt)  # an unknown name raises UnknownModelError with suggestions
     config = entry.config()
     with_head = not entry.is_trunk

@@ -17,15 +17,16 @@ from .backends import (
     framework_name,
     get_backend,
     resolve_checkpoint,
-    state_has_head,
 )
-from .checkpoint import is_checkpoint_dir, load_checkpoint, save_checkpoint
+from .checkpoint import DEFAULT_MAX_SHARD_SIZE, is_checkpoint_dir, load_checkpoint, save_checkpoint
 from .complexity import model_complexity
 from .config import RegNetConfig
+from .formats import FORMAT_NAMES
 from .io import atomic_write
 from .outputs import check_pixel_values
 from .specs import ModelSpec, build_model_spec
-from .weights import prepare_state
+from .tensors import OUTPUT_DTYPES
+from .weights import BN_COUNT, parameter_table
 from .zoo import ZOO, get_entry
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -109,8 +110,24 @@ def model_info(name_or_dir: str, image_size: int = 224) -> dict[str, Any]:
         "flops": report.flops,
         "params": report.params,
         "acts": report.acts,
+        "memory": weight_memory(spec, with_head=spec.head.num_labels > 0),
         "parts": report.parts,
         **({"design": design} if design else {}),
+    }
+
+
+def weight_memory(spec: ModelSpec, with_head: bool = True) -> dict[str, int]:
+    """Bytes the weights take (parameters and BatchNorm buffers) at float32, bfloat16 and float16, from the table alone."""
+    values = counters = 0
+    for tensor in parameter_table(spec, with_head):
+        if tensor.kind == BN_COUNT:
+            counters += 1
+        else:
+            values += int(np.prod(tensor.shape, dtype=np.int64))
+    return {
+        "float32": values * 4 + counters * 8,
+        "bfloat16": values * 2 + counters * 8,
+        "float16": values * 2 + counters * 8,
     }
 
 
@@ -159,6 +176,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"at {info['image_size']}x{info['image_size']}, {head}: flops {_human(info['flops'])} ({info['flops']}), "
         f"params {_human(info['params'])} ({info['params']}), acts {_human(info['acts'])} ({info['acts']})"
     )
+    memory = info["memory"]
+    print(
+        f"weights in memory (parameters and BatchNorm buffers): {memory['float32'] / 1e9:.2f} GB at float32, "
+        f"{memory['bfloat16'] / 1e9:.2f} GB at bfloat16"
+    )
     return EXIT_OK
 
 
@@ -202,81 +224,38 @@ def _cmd_logits(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- convert
-FORMATS = {"dir": "checkpoint directory", "keras": "Keras .weights.h5 file", "flax": "Flax msgpack file"}
-_NATIVE_BACKEND = {"keras": "tf", "flax": "flax"}
-
-
-def detect_format(path: str, reading: bool) -> str:
-    """'dir', 'keras' or 'flax' from a path: .h5 is Keras, .msgpack is Flax, anything else a directory."""
-    if path.endswith(".h5"):
-        return "keras"
-    if path.endswith(".msgpack"):
-        return "flax"
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise ValueError(
-            f"cannot tell the format of {path}: expected a checkpoint directory, a .weights.h5 or a .msgpack file "
-            f"(or name it with --{'from' if reading else 'to'} {'|'.join(FORMATS)})"
-        )
-    return "dir"
-
-
-def config_from_argument(text: str) -> RegNetConfig:
-    """A config from a zoo name, a config.json path or a checkpoint directory."""
-    if Path(text).is_dir():
-        return RegNetConfig.from_pretrained(text)
-    if Path(text).is_file():
-        return RegNetConfig.from_json_file(text)
-    return get_entry(text).config()
-
-
-def read_weights(path: str, fmt: str, config: RegNetConfig | None) -> tuple[RegNetConfig, dict[str, np.ndarray]]:
-    """(config, canonical state) from a checkpoint directory or a native file."""
-    if fmt == "dir":
-        if config is not None:
-            raise ValueError(
-                f"{path} is a checkpoint directory with its own config.json; --config is for files without one"
-            )
-        return load_checkpoint(path)
-    backend = get_backend(_NATIVE_BACKEND[fmt])
-    if config is None and fmt == "flax":
-        raise ValueError(f"{path} is a Flax msgpack file, which holds no config: pass --config NAME_OR_JSON")
-    model = backend.load_native(config, path, None)
-    module = model[0] if fmt == "flax" else model
-    return module.config, backend.to_canonical(model)
-
-
-def write_weights(path: str, fmt: str, config: RegNetConfig, state: dict[str, np.ndarray]) -> None:
-    """Write a canonical state as a checkpoint directory or a native file."""
-    with_head = state_has_head(state)
-    config = config.copy(architectures=[architecture_name(with_head)])
-    if fmt == "dir":
-        _, state = prepare_state(state, build_model_spec(config), with_head=with_head, context=f"for {path}")
-        save_checkpoint(path, config, state)
-        return
-    if fmt == "keras" and not path.endswith(".weights.h5"):
-        raise ValueError(f"Keras weight files must be named *.weights.h5, got {path}")
-    backend = get_backend(_NATIVE_BACKEND[fmt])
-    backend.save_native(backend.from_canonical(config, state, with_head), path)
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
-    if not Path(args.src).exists():
-        raise FileNotFoundError(f"no such file or directory: {args.src}")
-    source_format = args.source_format or detect_format(args.src, reading=True)
-    target_format = args.target_format or detect_format(args.dst, reading=False)
-    if Path(args.src).resolve() == Path(args.dst).resolve():
-        raise ValueError(f"source and destination are the same path: {args.src}")
-    config = config_from_argument(args.config) if args.config else None
-    config, state = read_weights(args.src, source_format, config)
-    write_weights(args.dst, target_format, config, state)
-    print(
-        f"wrote {args.dst} ({FORMATS[target_format]}) from {args.src} ({FORMATS[source_format]}), {len(state)} tensors"
+    from .convert import convert
+
+    report = convert(
+        args.src,
+        args.dst,
+        from_format=args.source_format,
+        to_format=args.target_format,
+        config=args.config,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        bgr_to_rgb=args.bgr_to_rgb,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+        verify=args.verify,
     )
+    print(report.summary())
+    if report.verify is not None and not report.verify.passed:
+        return EXIT_CHECK_FAILED
     return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- parity
+def _format_name(text: str) -> str:
+    from .formats import get_format
+
+    try:
+        return get_format(text).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _frameworks(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     try:
@@ -325,17 +304,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_logits)
 
     p = commands.add_parser(
-        "convert", help="convert between a checkpoint directory, Keras .weights.h5 and Flax msgpack"
+        "convert",
+        help="convert any RegNet checkpoint (transformers PT/TF/Flax, timm, torchvision, pycls, SEER, Keras) to another",
+        description="Read SRC in any supported format (detected from file and tensor names unless --from is given), "
+        "check every tensor against the architecture (the checkpoint's config, --config, or inferred from the weights) "
+        "and stream it into DST. Formats: " + ", ".join(FORMAT_NAMES) + ".",
     )
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
-    p.add_argument("--from", dest="source_format", choices=list(FORMATS), help="format of SRC (detected by default)")
-    p.add_argument("--to", dest="target_format", choices=list(FORMATS), help="format of DST (detected by default)")
+    p.add_argument("src", metavar="SRC", help="checkpoint directory, weights file or hub id (owner/name)")
+    p.add_argument("dst", metavar="DST", help="output directory or file (written whole, or not at all)")
+    p.add_argument(
+        "--from", dest="source_format", metavar="FORMAT", type=_format_name, help="format of SRC (detected by default)"
+    )
+    p.add_argument(
+        "--to",
+        dest="target_format",
+        metavar="FORMAT",
+        type=_format_name,
+        help="format of DST (default hf, or from its name)",
+    )
     p.add_argument(
         "--config",
         metavar="NAME_OR_JSON",
-        help="config for a file that carries none (zoo name, config.json or directory)",
+        help="architecture for weights that carry none (zoo name, config.json or directory); default: inferred",
     )
+    p.add_argument(
+        "--dtype", choices=list(OUTPUT_DTYPES), help="cast floating tensors (default: keep each tensor's dtype)"
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        metavar="SIZE",
+        help="shard outputs above this (default 5GB)",
+    )
+    p.add_argument(
+        "--bgr-to-rgb", action="store_true", help="flip the stem's input channels (pycls weights expect BGR)"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the result in every installed backend against the source; exit 1 if they differ",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing DST (only once the new one is complete)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_convert)
 
     p = commands.add_parser("parity", help="compare every output of the frameworks on one input; exit 1 if they differ")

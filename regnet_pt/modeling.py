@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regnet_core.checkpoint import load_checkpoint, save_checkpoint
+from regnet_core.checkpoint import save_checkpoint
 from regnet_core.config import RegNetConfig
+from regnet_core.convert import load_pretrained
 from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, resolve_problem_type
 from regnet_core.specs import BlockSpec, ModelSpec, build_model_spec
 
@@ -189,18 +190,27 @@ class RegNetPreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, *, reinit_head: bool = False, **config_changes: Any
+        cls,
+        source: str | os.PathLike,
+        *,
+        reinit_head: bool = False,
+        format: str | None = None,
+        config: RegNetConfig | str | None = None,
+        **config_changes: Any,
     ) -> RegNetPreTrainedModel:
-        """Load a checkpoint directory strictly; every missing, unexpected or mis-shaped key is reported at once.
+        """Load any supported checkpoint strictly; every missing, unexpected or mis-shaped key is reported at once.
 
+        ``source`` is a checkpoint directory, a weights file of any supported format (timm,
+        torchvision, pycls, SEER, transformers TF / Flax, Keras) or a hub id; ``format``
+        names the format when detection should not decide, ``config`` supplies the
+        architecture of a file that carries none (else it is inferred from the weights).
         ``reinit_head=True`` keeps the trunk and starts a fresh classifier (for fine-tuning,
         e.g. with ``num_labels=10``). Other keywords change config fields before building.
-        The model is returned in eval mode.
+        Tensors stream from disk into the model one at a time. The model is returned in eval mode.
         """
-        config, state = load_checkpoint(directory, config_changes)
+        config, state = load_pretrained(source, format, config, **config_changes)
         model = cls(config, _skip_init=True)
-        # The arrays were just read from disk and belong to nobody else: no need to copy them.
-        model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}", _copy=False)
+        model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {source}", _copy=False)
         return model.eval()
 
     def load_canonical_state(

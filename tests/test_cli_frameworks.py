@@ -74,12 +74,12 @@ def test_convert_round_trip_through_keras_and_flax_is_bit_exact(tmp_path, capsys
 
 def test_convert_forced_formats_and_trunks(tmp_path, capsys):
     assert _run(capsys, "init", "regnet-y-320-seer", "--out", tmp_path / "trunk")[0] == 0
-    code, _, err = _run(capsys, "convert", tmp_path / "trunk", tmp_path / "trunk.bin", "--to", "flax")
+    code, _, err = _run(capsys, "convert", tmp_path / "trunk", tmp_path / "trunk.msgpack", "--to", "flax")
     assert code == 0, err
-    code, _, err = _run(
+    code, out, err = _run(
         capsys,
         "convert",
-        tmp_path / "trunk.bin",
+        tmp_path / "trunk.msgpack",
         tmp_path / "trunk2",
         "--from",
         "flax",
@@ -94,26 +94,31 @@ def test_convert_forced_formats_and_trunks(tmp_path, capsys):
 @pytest.mark.parametrize(
     "make_args, message",
     [
-        (lambda d, t: ["convert", d, t / "m.msgpack", "--config", "regnet-y-002"], "with its own config.json"),
+        (lambda d, t: ["convert", d, t / "m.msgpack", "--config", "regnet-y-004"], "does not match the model"),
         (lambda d, t: ["convert", t / "none.msgpack", t / "out"], "no such file or directory"),
-        (lambda d, t: ["convert", d, d], "source and destination are the same path"),
-        (lambda d, t: ["convert", d, t / "model.h5bad", "--to", "keras"], "must be named *.weights.h5"),
-        (lambda d, t: ["convert", d, t / "x", "--to", "onnx"], "invalid choice"),
+        (lambda d, t: ["convert", d, d, "--overwrite"], "is the source itself"),
+        (lambda d, t: ["convert", d, d.parent], "already exists; pass --overwrite"),
+        (lambda d, t: ["convert", d, t / "model.h5bad", "--to", "keras"], "keras output is a file named *.weights.h5"),
+        (lambda d, t: ["convert", d, t / "x", "--to", "onnx"], "unknown checkpoint format 'onnx'"),
+        (lambda d, t: ["convert", d, t / "x.safetensors"], "--to timm"),
     ],
 )
 def test_convert_errors_exit_2_and_write_nothing(tmp_path, capsys, flax_checkpoint, make_args, message):
+    before = sorted(p.name for p in flax_checkpoint.parent.iterdir())
     code, _, err = _run(capsys, *make_args(flax_checkpoint, tmp_path))
     assert code == 2 and message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in flax_checkpoint.parent.iterdir()) == before
 
 
-def test_convert_msgpack_needs_a_matching_config(tmp_path, capsys, flax_checkpoint):
+def test_convert_infers_a_msgpack_config_and_checks_a_given_one(tmp_path, capsys, flax_checkpoint):
     assert _run(capsys, "convert", flax_checkpoint, tmp_path / "m.msgpack")[0] == 0
-    code, _, err = _run(capsys, "convert", tmp_path / "m.msgpack", tmp_path / "out")
-    assert code == 2 and "holds no config: pass --config" in err
-    code, _, err = _run(capsys, "convert", tmp_path / "m.msgpack", tmp_path / "out", "--config", "regnet-y-004")
+    code, out, err = _run(capsys, "convert", tmp_path / "m.msgpack", tmp_path / "out")
+    assert code == 0, err
+    assert "inferred: RegNetY" in out and "this is regnet-y-002" in out
+    code, _, err = _run(capsys, "convert", tmp_path / "m.msgpack", tmp_path / "out2", "--config", "regnet-y-004")
     assert code == 2 and "does not match the model" in err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out2").exists()
 
 
 def test_parity_command_passes_and_prints_json(capsys):
