@@ -1,28 +1,33 @@
 """Native Keras export: a ``.weights.h5`` file (Keras save_weights) that also carries the RegNet config.
 
 The interchange format is the transformers checkpoint directory (``save_pretrained``); this
-file is for Keras users who want ``load_weights``. Loading is strict: a file of another
-model raises ValueError naming what differs, never a partial load.
+file is for Keras users who want ``load_weights``. Saving goes through Keras itself;
+loading reads the file with the core reader (regnet_core.formats.keras_native, h5py only)
+and is strict: a file of another model raises ValueError naming every missing,
+unexpected and mis-shaped variable at once, never a partial load.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections import Counter
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from regnet_core.backends import config_has_head
 from regnet_core.config import RegNetConfig
+from regnet_core.formats.keras_native import CLASSIFIER, CONFIG_ATTRIBUTE, SUFFIX, TRUNK, read_native
+from regnet_core.formats.keras_native import read_native_config as _read_native_config
 from regnet_core.io import atomic_write
 from regnet_core.specs import build_model_spec
+from regnet_core.tensors import check_finite
+from regnet_core.weights import CheckpointMismatchError
 
 from .modeling import RegNetForImageClassification, RegNetModel, RegNetPreTrainedModel
+from .weights import check_native, model_variables
 
-CONFIG_ATTRIBUTE = "regnet_config"
-SUFFIX = ".weights.h5"  # Keras refuses other names for save_weights / load_weights
+__all__ = ["CONFIG_ATTRIBUTE", "SUFFIX", "load_native", "read_native_config", "save_native"]
 
 
 def save_native(model: RegNetPreTrainedModel, path: str | os.PathLike) -> Path:
@@ -43,30 +48,7 @@ def save_native(model: RegNetPreTrainedModel, path: str | os.PathLike) -> Path:
 
 def read_native_config(path: str | os.PathLike) -> RegNetConfig | None:
     """The config stored in a ``.weights.h5`` file, or None when it carries none."""
-    with _open(path) as handle:
-        text = handle.attrs.get(CONFIG_ATTRIBUTE)
-    if text is None:
-        return None
-    return RegNetConfig.from_dict(json.loads(text if isinstance(text, str) else text.decode()))
-
-
-def _open(path: str | os.PathLike) -> h5py.File:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(
-            f"expected a Keras {SUFFIX} file, got {path} ({'a directory' if path.exists() else 'no such path'})"
-        )
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path} is not an HDF5 (Keras {SUFFIX}) file: {error}") from None
-
-
-def _file_shapes(path: str | os.PathLike) -> list[tuple[int, ...]]:
-    shapes: list[tuple[int, ...]] = []
-    with _open(path) as handle:
-        handle.visititems(lambda _, item: shapes.append(tuple(item.shape)) if isinstance(item, h5py.Dataset) else None)
-    return shapes
+    return _read_native_config(path)
 
 
 def _config_differences(expected: RegNetConfig, found: RegNetConfig) -> list[str]:
@@ -92,10 +74,12 @@ def load_native(
     ``config`` may be None when the file carries one (files written by ``save_native`` do);
     ``with_head=None`` follows the architecture the file's (or the given) config names.
     """
-    stored = read_native_config(path)
+    tensors, stored, _ = read_native(path)
     if with_head is None:
         known = stored if stored is not None else config
-        with_head = config_has_head(known) if known is not None else True
+        # Without a config naming the class, the file's own paths tell (a trunk's have no "regnet/" layer).
+        in_file = any(name.startswith((f"{TRUNK}/", f"{CLASSIFIER}/")) for name in tensors)
+        with_head = config_has_head(known) if known is not None else in_file
     if config is None:
         if stored is None:
             raise ValueError(f"{path} carries no {CONFIG_ATTRIBUTE!r} attribute; pass the model's config")
@@ -110,20 +94,17 @@ def load_native(
             f"{'RegNetForImageClassification' if with_head else 'RegNetModel'} (with_head={with_head})"
         )
     model = (RegNetForImageClassification if with_head else RegNetModel)(config, _skip_init=True)
-    # Keras' load_weights fails on missing or mis-shaped variables but ignores extra entries,
-    # so a deeper model's file would load partially: compare the whole inventory first.
-    expected = Counter(tuple(int(d) for d in v.shape) for v in model.weights)
-    found = Counter(_file_shapes(path))
-    if expected != found:
-        missing = sorted((expected - found).elements())
-        extra = sorted((found - expected).elements())
-        raise ValueError(
-            f"{path} does not hold the weights of this {type(model).__name__}: it has {sum(found.values())} arrays, "
-            f"the model {sum(expected.values())} variables; shapes the file lacks: {missing[:12]}"
-            f"{' ...' if len(missing) > 12 else ''}; shapes the model lacks: {extra[:12]}{' ...' if len(extra) > 12 else ''}"
-        )
+    name = type(model).__name__
     try:
-        model.load_weights(path)
-    except (ValueError, KeyError) as error:
-        raise ValueError(f"{path} does not fit this {type(model).__name__}: {error}") from None
+        check_native(tensors, model.spec, with_head)
+    except CheckpointMismatchError as error:
+        what = "hold the weights of" if error.missing or error.unexpected else "fit"
+        error.args = (f"{path} does not {what} this {name}: {str(error).split(': ', 1)[1]}",)
+        raise error from None
+    variables = model_variables(model)
+    for native_path, tensor in tensors.items():  # one tensor in memory at a time
+        variable = variables[native_path]
+        values = np.asarray(tensor.load(), dtype=variable.dtype)
+        check_finite(f"{native_path} in {path}", values)
+        variable.assign(values)
     return model

@@ -1,8 +1,10 @@
 """Keras <-> canonical weights: names and layouts only, numpy-level, derived from the specs.
 
 Native names are Keras variable paths relative to the model (``model.path``), built from
-the layer names below; modeling.py builds its layers with the same names, so the table
-here and the variables of a built model cannot disagree (a test checks every zoo model).
+the layer names of regnet_core.formats.keras_native (the one place of the naming rules,
+shared with the .weights.h5 reader and writer); modeling.py builds its layers with the
+same names, so the native table and a built model's variables cannot disagree (a test
+checks every zoo model).
 
     regnet.encoder.stages.1.layers.0.layer.1.convolution.weight  (out, in/groups, kh, kw)
     regnet/stage_1/block_0/b/conv/kernel                         (kh, kw, in/groups, out)
@@ -18,27 +20,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from regnet_core.formats.keras_native import (
+    BN_LAYER,
+    CLASSIFIER,
+    CONV_A,
+    CONV_B,
+    CONV_C,
+    CONV_LAYER,
+    PROJECTION,
+    SE_EXPAND,
+    SE_LAYER,
+    SE_REDUCE,
+    STEM,
+    TRUNK,
+    VARIABLE_NAMES,
+    block_name,
+    canonical_names,
+    module_paths,
+    native_pairs,
+    native_shape,
+    native_table,
+    stage_name,
+)
 from regnet_core.specs import ModelSpec
 from regnet_core.weights import (
-    BASE_PREFIX,
-    BN_BIAS,
     BN_COUNT,
-    BN_MEAN,
-    BN_VAR,
-    BN_WEIGHT,
-    CLASSIFIER_MODULE,
-    CONV,
-    CONV_BIAS,
-    CONV_MODULE,
-    DENSE,
-    DENSE_BIAS,
-    NORM_MODULE,
-    SE_EXPAND_MODULE,
-    SE_REDUCE_MODULE,
     TensorSpec,
-    block_module_names,
-    block_prefix,
-    channels_last_shape,
     check_state,
     from_channels_last,
     parameter_table,
@@ -49,96 +56,38 @@ from regnet_core.weights import (
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-# Layer names of the Keras model; modeling.py imports these so that both sides agree.
-TRUNK = "regnet"  # the RegNetModel inside RegNetForImageClassification
-STEM = "stem"
-CONV_LAYER = "conv"
-BN_LAYER = "bn"
-SE_LAYER = "se"
-SE_REDUCE = "reduce"
-SE_EXPAND = "expand"
-CLASSIFIER = "classifier"
-# Block roles (regnet_core.weights.block_module_names keys) double as the native layer names.
-PROJECTION, CONV_A, CONV_B, CONV_C = "projection", "a", "b", "c"
-
-VARIABLE_NAMES = {
-    CONV: "kernel",
-    CONV_BIAS: "bias",
-    BN_WEIGHT: "gamma",
-    BN_BIAS: "beta",
-    BN_MEAN: "moving_mean",
-    BN_VAR: "moving_variance",
-    DENSE: "kernel",
-    DENSE_BIAS: "bias",
-}
-
-# Canonical submodule names inside a conv + BN pair and inside the SE module (transformers').
-_CANONICAL_CONV, _CANONICAL_BN = CONV_MODULE, NORM_MODULE
-_CANONICAL_SE = {SE_REDUCE_MODULE: SE_REDUCE, SE_EXPAND_MODULE: SE_EXPAND}
-_CANONICAL_CLASSIFIER = CLASSIFIER_MODULE
-
-
-def stage_name(stage_index: int) -> str:
-    """Native layer name of a stage."""
-    return f"stage_{stage_index}"
-
-
-def block_name(block_index: int) -> str:
-    """Native layer name of a block inside its stage."""
-    return f"block_{block_index}"
-
-
-def _conv_bn_modules(canonical: str, native: str) -> dict[str, str]:
-    return {
-        f"{canonical}.{_CANONICAL_CONV}": f"{native}/{CONV_LAYER}",
-        f"{canonical}.{_CANONICAL_BN}": f"{native}/{BN_LAYER}",
-    }
-
-
-def module_paths(spec: ModelSpec, with_head: bool = True) -> dict[str, str]:
-    """Canonical module name -> native Keras layer path (relative to the model), for every module with weights."""
-    canonical_prefix, native_prefix = (BASE_PREFIX, f"{TRUNK}/") if with_head else ("", "")
-    paths = _conv_bn_modules(f"{canonical_prefix}embedder.embedder", f"{native_prefix}{STEM}")
-    for stage_index, block_index, block in spec.blocks():
-        canonical_block = canonical_prefix + block_prefix(stage_index, block_index)
-        native_block = f"{native_prefix}{stage_name(stage_index)}/{block_name(block_index)}"
-        for role, relative in block_module_names(block).items():
-            if role == SE_LAYER:
-                for canonical_se, native_se in _CANONICAL_SE.items():
-                    paths[f"{canonical_block}.{relative}.{canonical_se}"] = f"{native_block}/{SE_LAYER}/{native_se}"
-            else:
-                paths.update(_conv_bn_modules(f"{canonical_block}.{relative}", f"{native_block}/{role}"))
-    if with_head and spec.head.num_labels > 0:
-        paths[_CANONICAL_CLASSIFIER] = CLASSIFIER
-    return paths
-
-
-def _native_pairs(spec: ModelSpec, with_head: bool) -> list[tuple[TensorSpec, str]]:
-    """(canonical tensor, native path) for every canonical tensor that has a native variable."""
-    modules = module_paths(spec, with_head)
-    pairs = []
-    for tensor in parameter_table(spec, with_head):
-        if tensor.kind == BN_COUNT:
-            continue  # PyTorch bookkeeping; Keras keeps no batch counter
-        if tensor.module not in modules:  # the canonical table grew a module this mapping does not know
-            raise RuntimeError(f"no Keras layer for canonical module {tensor.module!r}")
-        pairs.append((tensor, f"{modules[tensor.module]}/{VARIABLE_NAMES[tensor.kind]}"))
-    return pairs
-
-
-def native_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
-    """Keras shape of a canonical tensor: conv OIHW -> HWIO, dense (out, in) -> (in, out)."""
-    return channels_last_shape(shape, kind)
-
-
-def native_table(spec: ModelSpec, with_head: bool = True) -> dict[str, tuple[int, ...]]:
-    """Every native variable path (relative to the model) and its Keras shape, in forward order."""
-    return {path: native_shape(tensor.shape, tensor.kind) for tensor, path in _native_pairs(spec, with_head)}
-
-
-def canonical_names(spec: ModelSpec, with_head: bool = True) -> dict[str, str]:
-    """Native variable path -> canonical tensor name."""
-    return {path: tensor.name for tensor, path in _native_pairs(spec, with_head)}
+# The native naming rules (layer names, module paths, the native table) live in the core,
+# regnet_core.formats.keras_native, where the Keras file reader and writer use them too;
+# modeling.py builds its layers with these names. Re-exported here for the backend's users.
+__all__ = [
+    "BN_LAYER",
+    "CLASSIFIER",
+    "CONV_A",
+    "CONV_B",
+    "CONV_C",
+    "CONV_LAYER",
+    "PROJECTION",
+    "SE_EXPAND",
+    "SE_LAYER",
+    "SE_REDUCE",
+    "STEM",
+    "TRUNK",
+    "VARIABLE_NAMES",
+    "assign_canonical",
+    "block_name",
+    "canonical_gradients",
+    "canonical_names",
+    "check_native",
+    "from_native",
+    "model_variables",
+    "module_paths",
+    "native_shape",
+    "native_table",
+    "read_canonical",
+    "relative_path",
+    "stage_name",
+    "to_native",
+]
 
 
 def to_native(
@@ -147,14 +96,14 @@ def to_native(
     """Canonical numpy weights -> {native path: Keras-layout array}, strictly (see core prepare_state)."""
     _, prepared = prepare_state(state, spec, with_head=with_head, context=context)
     return {
-        path: to_channels_last(prepared[tensor.name], tensor.kind) for tensor, path in _native_pairs(spec, with_head)
+        path: to_channels_last(prepared[tensor.name], tensor.kind) for tensor, path in native_pairs(spec, with_head)
     }
 
 
 def from_native(native: Mapping[str, np.ndarray], spec: ModelSpec, with_head: bool = True) -> dict[str, np.ndarray]:
     """{native path: Keras-layout array} -> canonical numpy weights in table order (num_batches_tracked as 0)."""
-    _check_native(native, spec, with_head)
-    paths = {tensor.name: path for tensor, path in _native_pairs(spec, with_head)}
+    check_native(native, spec, with_head)
+    paths = {tensor.name: path for tensor, path in native_pairs(spec, with_head)}
     state: dict[str, np.ndarray] = {}
     for tensor in parameter_table(spec, with_head):
         if tensor.kind == BN_COUNT:  # Keras keeps no batch counter; transformers expects the buffer
@@ -165,7 +114,7 @@ def from_native(native: Mapping[str, np.ndarray], spec: ModelSpec, with_head: bo
     return state
 
 
-def _check_native(native: Mapping[str, Any], spec: ModelSpec, with_head: bool, context: str = "") -> None:
+def check_native(native: Mapping[str, Any], spec: ModelSpec, with_head: bool, context: str = "") -> None:
     """Raise CheckpointMismatchError unless ``native`` has exactly the native table's names and shapes."""
     table = [
         TensorSpec(path, shape, "native", path.rsplit("/", 1)[0])
@@ -220,8 +169,8 @@ def assign_canonical(
     table, prepared = prepare_state(state, spec, with_head=with_head, reinit_head=reinit_head, context=context)
     loaded = {tensor.name for tensor in table}
     variables = model_variables(model)
-    _check_native(variables, spec, with_head, context="of the Keras model")
-    for tensor, path in _native_pairs(spec, with_head):
+    check_native(variables, spec, with_head, context="of the Keras model")
+    for tensor, path in native_pairs(spec, with_head):
         if tensor.name in loaded:
             variables[path].assign(to_channels_last(prepared[tensor.name], tensor.kind))
 
@@ -236,7 +185,7 @@ def read_canonical(model: keras.Model) -> dict[str, np.ndarray]:
 
 def canonical_gradients(model: keras.Model, gradients: Iterable[tuple[Any, Any]]) -> dict[str, np.ndarray]:
     """(Keras variable, gradient) pairs -> {canonical name: numpy gradient in canonical layout}."""
-    pairs = {path: tensor for tensor, path in _native_pairs(model.spec, model.with_head)}
+    pairs = {path: tensor for tensor, path in native_pairs(model.spec, model.with_head)}
     out = {}
     for variable, gradient in gradients:
         tensor = pairs[relative_path(model, variable)]
