@@ -1,8 +1,9 @@
 """Building, loading and saving Flax RegNets: (module, variables) pairs in and out.
 
 Checkpoint directories are the shared transformers layout (regnet_core.checkpoint), so a
-directory saved by regnet_pt loads here and the other way round. Flax msgpack files are an
-export target: a plain variables tree, the config comes from the caller.
+directory saved by regnet_pt loads here and the other way round. Flax msgpack files are a
+plain variables tree (the config comes from the caller), written and read as a stream by the
+core's msgpack reader and writer (``regnet_core.msgpack_io``; the core's ``flax`` format).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
-from regnet_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from regnet_core.checkpoint import CheckpointError, save_checkpoint
 from regnet_core.config import RegNetConfig
+from regnet_core.convert import load_pretrained
 from regnet_core.io import atomic_write
+from regnet_core.msgpack_io import nest, read_msgpack, write_msgpack
 from regnet_core.specs import build_model_spec
+from regnet_core.tensors import LazyTensor, dtype_name, from_storage
 from regnet_core.weights import BASE_PREFIX, HEAD_PREFIX
 
 from .modeling import RegNetForImageClassification, RegNetModel, classifier_kernel_init, has_head, model_class
@@ -31,12 +34,6 @@ FlaxModel = tuple[RegNetModel | RegNetForImageClassification, Variables]
 
 # init traces one forward on a dummy batch; at 32 x 32 (the zoo's overall stride) every stage is >= 1 x 1.
 _INIT_IMAGE_SIZE = 32
-
-
-def _as_jax(tree: Mapping[str, Any]) -> Variables:
-    # Only for arrays this package owns (to_native's, msgpack's): on CPU jnp.asarray may
-    # wrap the numpy buffer instead of copying it.
-    return jax.tree_util.tree_map(jnp.asarray, dict(tree))
 
 
 def init(config: RegNetConfig, with_head: bool = True, seed: int = 0, *, zero_init_last_bn: bool = False) -> FlaxModel:
@@ -62,7 +59,7 @@ def from_canonical(
     ``reinit_head`` keeps the trunk and draws a fresh pycls classifier from ``seed``.
     """
     spec = build_model_spec(config)
-    variables = to_native(state, spec, with_head, reinit_head=reinit_head, context=context)
+    variables = to_native(state, spec, with_head, reinit_head=reinit_head, context=context, leaf=jnp.asarray)
     if with_head and reinit_head and spec.head.num_labels > 0:
         classifier_path = native_module_path(HEAD_PREFIX + "1")
         kernel = classifier_kernel_init(jax.random.PRNGKey(seed), (spec.head.input_width, spec.head.num_labels))
@@ -70,7 +67,7 @@ def from_canonical(
         for name in classifier_path:
             node = node.setdefault(name, {})
         node.update(kernel=kernel, bias=jnp.zeros((spec.head.num_labels,), jnp.float32))
-    return model_class(with_head)(config), _as_jax(variables)
+    return model_class(with_head)(config), variables
 
 
 def to_canonical(model: FlaxModel, context: str = "") -> dict[str, np.ndarray]:
@@ -80,14 +77,21 @@ def to_canonical(model: FlaxModel, context: str = "") -> dict[str, np.ndarray]:
 
 
 def from_pretrained(
-    directory: str | os.PathLike,
+    source: str | os.PathLike,
     *,
     with_head: bool | None = None,
     reinit_head: bool = False,
     seed: int = 0,
+    format: str | None = None,
+    config: RegNetConfig | str | None = None,
     **config_changes: Any,
 ) -> FlaxModel:
-    """Load a checkpoint directory as ``(module, variables)``, strictly.
+    """Load any supported checkpoint as ``(module, variables)``, strictly.
+
+    ``source`` is a checkpoint directory, a weights file of any supported format (timm,
+    torchvision, pycls, SEER, transformers TF / Flax, Keras) or a hub id; ``format`` names
+    the format when detection should not decide, ``config`` supplies the architecture of a
+    file that carries none (else it is inferred from the weights).
 
     Returns the Linen module (RegNetForImageClassification or RegNetModel) and its
     variables ``{"params": ..., "batch_stats": ...}``; run it with
@@ -97,10 +101,10 @@ def from_pretrained(
     (for fine-tuning, e.g. with ``num_labels=10``). Other keywords change config fields
     before building. Every missing, unexpected or mis-shaped tensor is reported at once.
     """
-    config, state = load_checkpoint(directory, config_changes)
+    config, state = load_pretrained(source, format, config, **config_changes)
     if with_head is None:
         with_head = reinit_head or any(name.startswith(BASE_PREFIX) for name in state)
-    return from_canonical(config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {directory}")
+    return from_canonical(config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {source}")
 
 
 def save_pretrained(
@@ -114,34 +118,52 @@ def save_pretrained(
     return save_checkpoint(directory, module.config, state, max_shard_size, type(module).__name__)
 
 
+def _lazy_leaves(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """The tree with each array as a LazyTensor that fetches just that array from the device when written."""
+
+    def lazy_leaf(leaf: Any) -> LazyTensor:
+        dtype = dtype_name(leaf.dtype)
+
+        def stored() -> np.ndarray:  # bfloat16 as its bit patterns, as every stored form holds it
+            value = np.asarray(jax.device_get(leaf))
+            return value.view(np.uint16) if dtype == "bfloat16" else value
+
+        return LazyTensor(tuple(leaf.shape), dtype, lambda: from_storage(stored(), dtype), "", stored)
+
+    return {key: _lazy_leaves(value) if isinstance(value, Mapping) else lazy_leaf(value) for key, value in tree.items()}
+
+
 def save_native(model: FlaxModel, path: str | os.PathLike) -> Path:
-    """Write the variables as a Flax msgpack file (checked against the module first; atomic)."""
+    """Write the variables as a Flax msgpack file (checked against the module first; streamed; atomic)."""
     module, variables = model
     check_native(variables, build_model_spec(module.config), has_head(module), context="to save")
-    data = serialization.to_bytes(jax.device_get(dict(variables)))
-    atomic_write(path, lambda temporary: temporary.write_bytes(data))
+    tree = _lazy_leaves(dict(variables))
+    atomic_write(path, lambda temporary: write_msgpack(temporary, tree))
     return Path(path)
+
+
+def _device_leaf(tensor: LazyTensor) -> jax.Array:
+    return jnp.asarray(tensor.load(), dtype=jnp.bfloat16 if tensor.dtype == "bfloat16" else None)
 
 
 def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool | None = None) -> FlaxModel:
     """(module, variables) from a Flax msgpack file written by save_native, checked strictly.
 
-    ``with_head=None`` follows the file (a classifier's variables nest the trunk under
-    ``regnet``). As with checkpoint directories, a classifier's file also loads as a trunk
-    (``with_head=False``); a trunk's file loaded with a head reports the missing classifier.
+    The file is read lazily (core's msgpack reader): names and shapes are checked before any
+    value is read, then each array goes to the device in turn. ``with_head=None`` follows the
+    file (a classifier's variables nest the trunk under ``regnet``). As with checkpoint
+    directories, a classifier's file also loads as a trunk (``with_head=False``); a trunk's
+    file loaded with a head reports the missing classifier.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"expected a Flax msgpack file, got {path} ({'a directory' if path.exists() else 'no such path'})"
-        )
-    try:
-        variables = serialization.msgpack_restore(path.read_bytes())
-    except Exception as error:  # msgpack raises several unrelated types on corrupt input
-        raise CheckpointError(f"cannot read {path} as a Flax msgpack file: {error!r}") from None
+    contents = read_msgpack(path)
+    if contents.others:
+        found = ", ".join(f"{name} ({kind})" for name, kind in list(contents.others.items())[:10])
+        raise CheckpointError(f"{path} holds values that are not arrays ({found}); expected Flax variables only")
+    variables: Any = nest(contents.tensors)
     if with_head is None:
-        params = variables.get(PARAMS) if isinstance(variables, dict) else None
+        params = variables.get(PARAMS)
         with_head = isinstance(params, dict) and BASE_PREFIX.rstrip(".") in params
     variables = fit_native_head(variables, with_head)
     check_native(variables, build_model_spec(config), with_head, context=f"in {path}")
-    return model_class(with_head)(config), _as_jax(variables)
+    return model_class(with_head)(config), jax.tree_util.tree_map(_device_leaf, variables)

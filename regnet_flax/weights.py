@@ -1,6 +1,8 @@
 """Flax variables <-> canonical weights: names and layouts, numpy only.
 
-Every native entry is derived from the core's parameter table by two rules:
+Every native entry is derived from the core's parameter table by two rules (the naming
+rule itself lives in ``regnet_core.formats.flax_native``, which the core's ``flax`` format
+shares):
 
 - names: the canonical module path split on dots, an index joined to the name before it
   (Linen's own naming of list members), then the leaf:
@@ -14,23 +16,15 @@ Every native entry is derived from the core's parameter table by two rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from regnet_core.formats.flax_native import BATCH_STATS, COLLECTIONS, PARAMS, native_module_path, variable_path
 from regnet_core.specs import ModelSpec
 from regnet_core.weights import (
     BASE_PREFIX,
-    BN_BIAS,
-    BN_COUNT,
-    BN_MEAN,
-    BN_VAR,
-    BN_WEIGHT,
-    CONV,
-    CONV_BIAS,
-    DENSE,
-    DENSE_BIAS,
     TRAINABLE_KINDS,
     CheckpointMismatchError,
     TensorSpec,
@@ -41,42 +35,30 @@ from regnet_core.weights import (
     to_channels_last,
 )
 
-PARAMS = "params"
-BATCH_STATS = "batch_stats"
-COLLECTIONS = (PARAMS, BATCH_STATS)
+# The naming rule itself lives in the core (its `flax` format reads and writes these files); re-exported here.
+__all__ = [
+    "BATCH_STATS",
+    "COLLECTIONS",
+    "PARAMS",
+    "check_native",
+    "fit_native_head",
+    "flatten_variables",
+    "from_native",
+    "native_module_path",
+    "native_path",
+    "native_shape",
+    "native_table",
+    "params_to_canonical",
+    "to_native",
+]
 
-# kind -> (collection, leaf name); num_batches_tracked has no native counterpart.
-_LEAVES = {
-    CONV: (PARAMS, "kernel"),
-    CONV_BIAS: (PARAMS, "bias"),
-    BN_WEIGHT: (PARAMS, "scale"),
-    BN_BIAS: (PARAMS, "bias"),
-    BN_MEAN: (BATCH_STATS, "mean"),
-    BN_VAR: (BATCH_STATS, "var"),
-    DENSE: (PARAMS, "kernel"),
-    DENSE_BIAS: (PARAMS, "bias"),
-}
 # Float dtypes safetensors and numpy handle; others (bfloat16) are widened to float32.
 _PORTABLE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
-def native_module_path(module: str) -> tuple[str, ...]:
-    """Native module path of a canonical one: 'encoder.stages.0.layers.1' -> ('encoder', 'stages_0', 'layers_1')."""
-    parts: list[str] = []
-    for part in module.split("."):
-        if part.isdigit() and parts:
-            parts[-1] = f"{parts[-1]}_{part}"
-        else:
-            parts.append(part)
-    return tuple(parts)
-
-
 def native_path(tensor: TensorSpec) -> tuple[str, ...] | None:
     """(collection, *module path, leaf) of a canonical tensor; None for num_batches_tracked."""
-    if tensor.kind == BN_COUNT:
-        return None
-    collection, leaf = _LEAVES[tensor.kind]
-    return (collection, *native_module_path(tensor.module), leaf)
+    return variable_path(tensor.module, tensor.kind)
 
 
 def native_shape(tensor: TensorSpec) -> tuple[int, ...]:
@@ -172,11 +154,14 @@ def to_native(
     *,
     reinit_head: bool = False,
     context: str = "",
+    leaf: Callable[[np.ndarray], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Canonical numpy weights as a Flax variables tree of new numpy arrays (no views of ``state``).
 
     The state is checked strictly and fitted to the model (trunk / classifier prefixes,
-    ``reinit_head`` leaves the classifier out) by the core's ``prepare_state``.
+    ``reinit_head`` leaves the classifier out) by the core's ``prepare_state``. ``leaf``
+    converts each array as it is made (e.g. to a device array), so that a lazily read state
+    is never held twice.
     """
     table, prepared = prepare_state(state, spec, with_head=with_head, reinit_head=reinit_head, context=context)
     flat = {}
@@ -186,7 +171,8 @@ def to_native(
             continue
         # Always fresh memory (to_channels_last copies): JAX on CPU may wrap a numpy buffer
         # without copying, and the caller's canonical arrays must stay theirs to reuse.
-        flat["/".join(path)] = to_channels_last(prepared[tensor.name], tensor.kind)
+        array = to_channels_last(prepared[tensor.name], tensor.kind)
+        flat["/".join(path)] = array if leaf is None else leaf(array)
     return _nest(flat)
 
 
