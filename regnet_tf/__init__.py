@@ -41,6 +41,10 @@ def _require_tensorflow_keras() -> None:
     # A ~/.keras/keras.json naming another backend is overridden by the environment variable.
     os.environ["KERAS_BACKEND"] = _EXPECTED_BACKEND
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info and warning lines
+    # TensorFlow's own CPU kernels cannot differentiate grouped convolutions; its oneDNN kernels
+    # can. TensorFlow turns oneDNN on by default only on some CPUs (not, for example, on AMD EPYC),
+    # so ask for it unless the user chose. Without it, modeling.py falls back to per-group convs.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 _require_tensorflow_keras()

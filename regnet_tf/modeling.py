@@ -16,8 +16,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from regnet_core.checkpoint import load_checkpoint, save_checkpoint
+from regnet_core.checkpoint import save_checkpoint
 from regnet_core.config import RegNetConfig
+from regnet_core.convert import load_pretrained
 from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, resolve_problem_type
 from regnet_core.specs import BlockSpec, ModelSpec, StageSpec, build_model_spec
 
@@ -75,6 +76,25 @@ def _conv_initializer(skip_init: bool) -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
+def onednn_enabled() -> bool:
+    """True when TensorFlow runs its oneDNN CPU kernels (which can differentiate grouped convolutions)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # pragma: no cover (a TensorFlow without the flag: assume its default kernels)
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _per_group_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, groups: int, stride: int) -> tf.Tensor:
+    """A grouped VALID convolution as one convolution per group: differentiable on every CPU kernel set."""
+    input_groups = tf.split(inputs, groups, axis=-1)
+    kernel_groups = tf.split(kernel, groups, axis=-1)
+    outputs = [
+        tf.nn.conv2d(x, k, strides=stride, padding="VALID") for x, k in zip(input_groups, kernel_groups, strict=True)
+    ]
+    return tf.concat(outputs, axis=-1)
+
+
 class Convolution(keras.layers.Layer):
     """2-D convolution with symmetric ``k // 2`` zero padding, optional groups and bias."""
 
@@ -110,7 +130,10 @@ class Convolution(keras.layers.Layer):
         # tf.nn.conv2d infers the groups from the kernel's input depth.
         if self._padding is not None:
             inputs = tf.pad(inputs, self._padding)
-        outputs = tf.nn.conv2d(inputs, self.kernel, strides=self.stride, padding="VALID")
+        if self.groups > 1 and not onednn_enabled():
+            outputs = _per_group_conv2d(inputs, self.kernel, self.groups, self.stride)
+        else:
+            outputs = tf.nn.conv2d(inputs, self.kernel, strides=self.stride, padding="VALID")
         if self.bias is not None:
             outputs = outputs + self.bias
         return outputs
@@ -382,16 +405,25 @@ class RegNetPreTrainedModel(keras.Model):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, *, reinit_head: bool = False, **config_changes: Any
+        cls,
+        source: str | os.PathLike,
+        *,
+        reinit_head: bool = False,
+        format: str | None = None,
+        config: RegNetConfig | str | None = None,
+        **config_changes: Any,
     ) -> RegNetPreTrainedModel:
-        """Load a checkpoint directory (written by any backend or transformers) strictly.
+        """Load any supported checkpoint strictly (a directory written by any backend or transformers,
+        a timm / torchvision / pycls / SEER / transformers-TF / Flax / Keras file, or a hub id).
 
-        ``reinit_head=True`` keeps the trunk and starts a fresh classifier (e.g. with
-        ``num_labels=10``); other keywords change config fields before building.
+        ``format`` names the format when detection should not decide; ``config`` supplies the
+        architecture of a file that carries none. ``reinit_head=True`` keeps the trunk and
+        starts a fresh classifier (e.g. with ``num_labels=10``); other keywords change config
+        fields before building. Tensors stream from disk into the variables one at a time.
         """
-        config, state = load_checkpoint(directory, config_changes)
+        config, state = load_pretrained(source, format, config, **config_changes)
         model = cls(config, _skip_init=not reinit_head)
-        return model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {directory}")
+        return model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {source}")
 
     # -------------------------------------------------------------- Keras serialisation
     def get_config(self) -> dict[str, Any]:

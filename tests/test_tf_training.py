@@ -7,6 +7,7 @@ tf = pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 
+import regnet_tf  # noqa: E402
 from regnet_core import build_model_spec, random_state  # noqa: E402
 from regnet_tf import backend as tf_backend  # noqa: E402
 from regnet_tf.weights import model_variables  # noqa: E402
@@ -136,3 +137,24 @@ def test_xla_training_step_matches_eager_gradients():
     assert abs(float(xla_loss) - float(eager_loss)) < 1e-5
     for eager, xla in zip(eager_grads, xla_grads, strict=True):
         assert np.abs(xla - eager).max() <= 1e-4 * max(np.abs(eager).max(), 1e-6)
+
+
+def test_grouped_convolutions_train_without_onednn(monkeypatch):
+    """TensorFlow's non-oneDNN CPU kernels cannot differentiate grouped convs; the per-group fallback can."""
+    import regnet_tf.modeling as modeling
+
+    model = regnet_tf.RegNetForImageClassification(tiny_config())
+    images = tf.random.stateless_normal((2, 32, 32, 3), seed=(1, 2))
+    labels = tf.constant([1, 3])
+
+    def loss_and_gradients():
+        with tf.GradientTape() as tape:
+            loss = model(images, labels=labels, training=False).loss
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    expected_loss, expected = loss_and_gradients()
+    monkeypatch.setattr(modeling, "onednn_enabled", lambda: False)
+    loss, gradients = loss_and_gradients()
+    np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-6)
+    for got, want in zip(gradients, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
