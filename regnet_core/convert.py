@@ -30,7 +30,7 @@ from .hub import HubError, download, looks_like_hub_id
 from .io import atomic_output
 from .progress import ProgressBar
 from .specs import build_model_spec
-from .tensors import OUTPUT_DTYPES, LazyTensor, check_weight_dtypes, total_bytes
+from .tensors import OUTPUT_DTYPES, LazyTensor, Prefetcher, check_weight_dtypes, total_bytes
 from .weights import CheckpointMismatchError, check_state, parameter_table
 
 LOGITS_ATOL = 1e-4
@@ -266,14 +266,16 @@ def write_checkpoint(
         raise ValueError(f"the destination {destination} is the source itself; write somewhere else")
     dtypes = {name: output_dtype(tensor, dtype) for name, tensor in checkpoint.tensors.items()}
     bar = ProgressBar(checkpoint.nbytes, len(checkpoint.tensors), f"writing {fmt.name}", enabled=progress)
+    prefetcher = Prefetcher(checkpoint.tensors)
     try:
         with atomic_output(destination, overwrite=overwrite) as temporary:
             preprocessor = checkpoint.foreign.extra.get("preprocessor") if checkpoint.foreign is not None else None
             request = WriteRequest(
-                temporary, checkpoint.config, checkpoint.tensors, dtypes, max_bytes, bar, preprocessor, destination
+                temporary, checkpoint.config, prefetcher.wrap(), dtypes, max_bytes, bar, preprocessor, destination
             )
             written = fmt.write(request)
     finally:
+        prefetcher.close()
         bar.close()
     return [destination / path.relative_to(temporary) if path != temporary else destination for path in written]
 

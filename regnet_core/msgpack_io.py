@@ -561,8 +561,11 @@ def _write_node(
             continue
         dtype = dtypes.get(path) or stored_dtype(value)
         if isinstance(value, LazyTensor) and value.dtype == dtype:
-            stored = value.load_stored()  # same dtype: the stored bytes pass through, never widened
-            check_finite_stored(path, stored, dtype)
+            # Same dtype: the stored bytes pass through in pieces, never widened nor held twice.
+            written += _stream_array(handle, path, value, dtype, limit)
+            if progress is not None:
+                progress(path, value.nbytes)
+            continue
         else:
             values = materialize(value)
             check_finite(path, values)
@@ -580,6 +583,62 @@ def _write_node(
         if progress is not None:
             progress(path, stored.nbytes)
         del stored
+    return written
+
+
+class _Pieces:
+    """Bytes of a tensor's stored pieces, handed out in spans of any length (each piece checked finite)."""
+
+    def __init__(self, path: str, tensor: LazyTensor, dtype: str) -> None:
+        self._path, self._dtype = path, dtype
+        self._pieces = tensor.iter_stored()
+        self._current = memoryview(b"")
+
+    def write(self, handle: BinaryIO, nbytes: int) -> int:
+        """Write the next ``nbytes`` bytes."""
+        left = nbytes
+        while left:
+            if not len(self._current):
+                piece = next(self._pieces, None)
+                if piece is None:
+                    raise CheckpointError(f"{self._path}: the tensor ended {left} bytes early")
+                check_finite_stored(self._path, piece, self._dtype)
+                piece = np.ascontiguousarray(piece)
+                self._current = memoryview(piece.reshape(-1).view(np.uint8))
+            span = self._current[:left]
+            handle.write(span)
+            self._current = self._current[len(span) :]
+            left -= len(span)
+        return nbytes
+
+    def finish(self) -> None:
+        """Raise unless every byte was written."""
+        if len(self._current) or next(self._pieces, None) is not None:
+            raise CheckpointError(f"{self._path}: the tensor holds more values than its shape")
+
+
+def _stream_array(handle: BinaryIO, path: str, tensor: LazyTensor, dtype: str, limit: int) -> int:
+    """One array written from its stored pieces, in flax's plain or chunked form."""
+    shape = tuple(int(d) for d in tensor.shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    nbytes = size * itemsize(dtype)
+    pieces = _Pieces(path, tensor, dtype)
+    if nbytes <= limit:
+        head = ndarray_header(shape, dtype)
+        written = handle.write(head) + pieces.write(handle, nbytes)
+    else:
+        per_chunk = max(1, int(limit / itemsize(dtype)))
+        starts = range(0, size, per_chunk)
+        written = handle.write(_map_header(3) + _str(CHUNKED_MARK) + b"\xc3")
+        written += handle.write(_str("shape") + _map_header(len(shape)))
+        for index, dim in enumerate(shape):
+            written += handle.write(_str(str(index)) + _uint(dim))
+        written += handle.write(_str("chunks") + _map_header(len(starts)))
+        for index, start in enumerate(starts):
+            count = min(per_chunk, size - start)
+            written += handle.write(_str(str(index)) + ndarray_header((count,), dtype))
+            written += pieces.write(handle, count * itemsize(dtype))
+    pieces.finish()
     return written
 
 

@@ -208,13 +208,20 @@ def write_safetensors(
         handle.write(text)
         for name, value, dtype, nbytes in order:
             if isinstance(value, LazyTensor) and value.dtype == dtype:
-                stored = value.load_stored()  # same dtype: the stored bytes pass through, never widened
-                check_finite_stored(name, stored, dtype)
-            else:
-                values = materialize(value)
-                check_finite(name, values)
-                stored = to_storage(values, dtype)
-                del values
+                # Same dtype: the stored bytes pass through in pieces, never widened nor held twice.
+                done = 0
+                for block in value.iter_stored():
+                    check_finite_stored(name, block, dtype)
+                    done += handle.write(memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8)))
+                if done != nbytes:
+                    raise CheckpointError(f"tensor {name}: expected {nbytes} bytes, produced {done}")
+                if progress is not None:
+                    progress(name, nbytes)
+                continue
+            values = materialize(value)
+            check_finite(name, values)
+            stored = to_storage(values, dtype)
+            del values
             if stored.nbytes != nbytes:
                 raise CheckpointError(f"tensor {name}: expected {nbytes} bytes, produced {stored.nbytes}")
             handle.write(memoryview(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)))

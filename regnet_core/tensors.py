@@ -8,7 +8,7 @@ being filled). numpy has no bfloat16, so bfloat16 values are widened to float32 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,9 @@ class LazyTensor:
     # The values as stored (bfloat16 as uint16 bit patterns), when the reader can give them
     # without widening: lets a writer pass bytes through unchanged.
     stored_loader: Callable[[], np.ndarray] | None = None
+    # The stored values as C-contiguous pieces whose bytes, in order, are the whole tensor, for
+    # writers that stream a large tensor without holding a second full copy (e.g. transposed).
+    stored_blocks: Callable[[], Iterator[np.ndarray]] | None = None
 
     @property
     def ndim(self) -> int:
@@ -133,6 +136,18 @@ class LazyTensor:
         if tuple(value.shape) != tuple(self.shape):
             raise TensorError(f"{self.source or 'tensor'}: expected shape {self.shape}, read {tuple(value.shape)}")
         return value
+
+    def iter_stored(self) -> Iterator[np.ndarray]:
+        """The stored values as C-contiguous pieces whose bytes, in order, are the whole tensor's."""
+        if self.stored_blocks is None:
+            yield self.load_stored()
+            return
+        total = 0
+        for block in self.stored_blocks():
+            total += block.size
+            yield block
+        if total != self.size:
+            raise TensorError(f"{self.source or 'tensor'}: expected {self.size} values, the pieces held {total}")
 
     def map(
         self,
@@ -193,10 +208,25 @@ def total_bytes(values: Iterable[Any]) -> int:
     return total
 
 
+_CHECK_SPAN = 1 << 22  # values checked at a time: the check's temporaries stay a few MB whatever the tensor
+
+
+def _count_non_finite(values: np.ndarray, bfloat16_bits: bool) -> int:
+    flat = np.asarray(values).reshape(-1)
+    bad = 0
+    for start in range(0, flat.size, _CHECK_SPAN):
+        span = flat[start : start + _CHECK_SPAN]
+        if bfloat16_bits:  # exponent all ones: infinity or NaN
+            bad += int(np.count_nonzero((span.view(np.uint16) & 0x7F80) == 0x7F80))
+        else:
+            bad += int(span.size - np.count_nonzero(np.isfinite(span)))
+    return bad
+
+
 def check_finite_stored(name: str, stored: np.ndarray, dtype: str) -> None:
     """check_finite on values in their stored form (bfloat16 bit patterns checked by their exponent)."""
     if dtype == "bfloat16":
-        bad = int(np.count_nonzero((np.asarray(stored, np.uint16) & 0x7F80) == 0x7F80))
+        bad = _count_non_finite(stored, bfloat16_bits=True)
         if bad:
             raise TensorError(f"tensor {name} holds {bad} non-finite value(s) (NaN or infinity); refusing to use it")
     else:
@@ -204,10 +234,11 @@ def check_finite_stored(name: str, stored: np.ndarray, dtype: str) -> None:
 
 
 def check_finite(name: str, values: np.ndarray) -> None:
-    """Raise TensorError naming the tensor when it holds NaN or infinity."""
-    if values.dtype.kind == "f" and values.size and not np.isfinite(values).all():
-        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-        raise TensorError(f"tensor {name} holds {bad} non-finite value(s) (NaN or infinity); refusing to use it")
+    """Raise TensorError naming the tensor when it holds NaN or infinity (checked in spans: no full-size temporaries)."""
+    if values.dtype.kind == "f" and values.size:
+        bad = _count_non_finite(values, bfloat16_bits=False)
+        if bad:
+            raise TensorError(f"tensor {name} holds {bad} non-finite value(s) (NaN or infinity); refusing to use it")
 
 
 def check_weight_dtypes(state: Mapping[str, Any], integer_ok: Callable[[str], bool]) -> None:
@@ -219,3 +250,110 @@ def check_weight_dtypes(state: Mapping[str, Any], integer_ok: Callable[[str], bo
     ]
     if bad:
         raise TensorError(f"expected floating-point weights, got {len(bad)} tensor(s) that are not: {', '.join(bad)}")
+
+
+class Prefetcher:
+    """Loads tensors ahead of their use in a background thread, within a memory budget.
+
+    ``wrap()`` gives LazyTensors whose values come from the background thread when it got
+    to them first: reading, transposing and casting the next tensors overlaps with writing
+    the current one (file reads, numpy copies and writes release the GIL). Tensors are
+    prefetched in the mapping's order while the bytes waiting for their consumer stay
+    within ``budget``; a tensor larger than the budget, or asked for out of order, is loaded
+    by its consumer as usual, so memory stays bounded by the budget plus what the consumer holds.
+    """
+
+    def __init__(self, tensors: Mapping[str, LazyTensor], budget: int = 256 * 2**20) -> None:
+        import threading
+
+        self._tensors = dict(tensors)
+        self._order = list(self._tensors)
+        self._budget = budget
+        self._ready: dict[str, Any] = {}  # name -> stored values, or the exception loading raised
+        self._claimed: set[str] = set()
+        self._in_flight: str | None = None
+        self._waiting_bytes = 0
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="regnet-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for name in self._order:
+            tensor = self._tensors[name]
+            size = tensor.nbytes
+            with self._condition:
+                if size > self._budget:
+                    continue
+                while not self._closed and self._waiting_bytes + size > self._budget:
+                    self._condition.wait()
+                if self._closed:
+                    return
+                if name in self._claimed:
+                    continue
+                self._in_flight = name
+            try:
+                result: Any = tensor.load_stored()
+            except BaseException as error:  # handed to the consumer, which raises it
+                result = error
+            with self._condition:
+                self._in_flight = None
+                if name in self._claimed:  # the consumer gave up waiting and loaded it itself
+                    self._condition.notify_all()
+                    continue
+                self._ready[name] = result
+                self._waiting_bytes += size
+                self._condition.notify_all()
+
+    def stored(self, name: str) -> np.ndarray:
+        """A tensor's stored values: prefetched if the thread got there, else loaded now."""
+        with self._condition:
+            while self._in_flight == name and name not in self._ready:
+                self._condition.wait()
+            if name in self._ready:
+                result = self._ready.pop(name)
+                self._waiting_bytes -= self._tensors[name].nbytes
+                self._claimed.add(name)
+                self._condition.notify_all()
+                if isinstance(result, BaseException):
+                    raise result
+                return result
+            self._claimed.add(name)
+        return self._tensors[name].load_stored()
+
+    def blocks(self, name: str) -> Iterator[np.ndarray]:
+        """A tensor's stored values in pieces: the prefetched array, else the tensor's own pieces."""
+        with self._condition:
+            waiting = self._in_flight == name or name in self._ready
+        if waiting:
+            yield self.stored(name)
+            return
+        with self._condition:
+            self._claimed.add(name)
+        yield from self._tensors[name].iter_stored()
+
+    def wrap(self) -> dict[str, LazyTensor]:
+        """The tensors, as LazyTensors served by this prefetcher."""
+        out = {}
+        for name, tensor in self._tensors.items():
+
+            def stored(name: str = name) -> np.ndarray:
+                return self.stored(name)
+
+            def values(name: str = name, dtype: str = tensor.dtype) -> np.ndarray:
+                return from_storage(self.stored(name), dtype)
+
+            def blocks(name: str = name) -> Iterator[np.ndarray]:
+                return self.blocks(name)
+
+            out[name] = LazyTensor(tensor.shape, tensor.dtype, values, tensor.source, stored, blocks)
+        return out
+
+    def close(self) -> None:
+        """Stop prefetching and drop what is waiting."""
+        with self._condition:
+            self._closed = True
+            self._ready.clear()
+            self._waiting_bytes = 0
+            self._condition.notify_all()
+        self._thread.join(timeout=60)

@@ -8,8 +8,9 @@ LazyTensors, writing pulls one tensor at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ import numpy as np
 
 from ..config import RegNetConfig
 from ..tensors import LazyTensor
-from ..weights import CONV, DENSE, from_channels_last, to_channels_last
+from ..weights import (
+    CONV,
+    DENSE,
+    from_channels_last,
+    from_channels_last_blocks,
+    to_channels_last,
+    to_channels_last_blocks,
+)
 from . import neutral
 
 TORCH_LAYOUT = "torch"
@@ -129,7 +137,22 @@ def to_canonical_layout(tensor: LazyTensor, neutral_name: str, layout: str) -> L
         new_shape = (shape[1], shape[0])
     else:
         return tensor  # a wrong rank shows up in the shape check, named
-    return tensor.map(lambda value: from_channels_last(value, kind), new_shape, layout_only=True)
+    return _with_blocks(
+        tensor.map(lambda value: from_channels_last(value, kind), new_shape, layout_only=True),
+        tensor,
+        lambda stored: from_channels_last_blocks(stored, kind),
+    )
+
+
+def _with_blocks(
+    moved: LazyTensor, source: LazyTensor, blocks: Callable[[np.ndarray], Iterator[np.ndarray]]
+) -> LazyTensor:
+    """``moved`` able to stream its stored values in pieces: the source is held once, only the pieces are new."""
+
+    def stored_blocks() -> Iterator[np.ndarray]:
+        yield from blocks(source.load_stored())
+
+    return dataclasses.replace(moved, stored_blocks=stored_blocks)
 
 
 def from_canonical_layout(tensor: LazyTensor, neutral_name: str, layout: str) -> LazyTensor:
@@ -139,7 +162,11 @@ def from_canonical_layout(tensor: LazyTensor, neutral_name: str, layout: str) ->
         return tensor
     shape = tuple(tensor.shape)
     new_shape = (shape[2], shape[3], shape[1], shape[0]) if kind == CONV else (shape[1], shape[0])
-    return tensor.map(lambda value: to_channels_last(value, kind), new_shape, layout_only=True)
+    return _with_blocks(
+        tensor.map(lambda value: to_channels_last(value, kind), new_shape, layout_only=True),
+        tensor,
+        lambda stored: to_channels_last_blocks(stored, kind),
+    )
 
 
 # ----------------------------------------------------------------------------- name tables
