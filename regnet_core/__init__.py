@@ -13,6 +13,8 @@ from .weights import CheckpointMismatchError, TensorSpec, parameter_table, rando
 from .zoo import UnknownModelError, get_config, get_entry, list_models
 
 __version__ = "0.1.0"
+# The name on the package index (the import packages are regnet_core, regnet_pt, regnet_tf, regnet_flax).
+DISTRIBUTION = "regnet-trio"
 
 __all__ = [
     "BlockSpec",

@@ -62,7 +62,8 @@ def get_backend(name: str) -> ModuleType:
     except ModuleNotFoundError as error:
         raise BackendUnavailableError(
             f"the {key} backend needs a framework that is not installed ({error}); "
-            f"install it with: pip install -c constraints.txt -e '.[{_EXTRAS[key]}]'"
+            f"install it with: pip install 'regnet-trio[{_EXTRAS[key]}]' (from a checkout: "
+            f"pip install -c constraints.txt -e '.[{_EXTRAS[key]}]')"
         ) from None
     except ImportError as error:  # installed but unusable (e.g. Keras bound to another backend)
         raise BackendUnavailableError(f"the {key} backend cannot be used: {error}") from None

@@ -360,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the input batch and of a zoo name's random weights")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_cmd_parity)
+
+    from .cli_export import register as register_export
+    from .cli_predict import register as register_predict
+
+    register_predict(commands)
+    register_export(commands)
     return parser
 
 

@@ -107,7 +107,7 @@ def _torch() -> Any:
     except ModuleNotFoundError:
         raise CheckpointError(
             "reading PyTorch pickles (.pth, .bin, .pyth, .torch) needs PyTorch, which is not installed; "
-            "install it with: pip install -c constraints.txt -e '.[torch]' (or convert the file to safetensors elsewhere)"
+            "install it with: pip install 'regnet-trio[torch]' (or convert the file to safetensors elsewhere)"
         ) from None
     return torch
 

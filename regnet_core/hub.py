@@ -53,7 +53,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     except ModuleNotFoundError:
         raise HubError(
             f"{repo_id!r} looks like a Hugging Face Hub id, but huggingface_hub is not installed "
-            f"(pip install huggingface_hub); or {_alternative(repo_id)}"
+            f"(pip install 'regnet-trio[hub]'); or {_alternative(repo_id)}"
         ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:

@@ -1,0 +1,9 @@
+"""`regnet export`: registered on the command line by regnet_core.cli (placeholder until implemented)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the `export` subcommand to the `regnet` parser."""
