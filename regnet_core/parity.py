@@ -1,11 +1,13 @@
 """Run the backends on one input and compare every output, pair by pair.
 
 Outputs are compared in NCHW (the NHWC backends' adapters transpose back): every hidden
-state (stem, then each stage), the last hidden state, the pooled output and the logits.
+state (stem, then each stage), the last hidden state, the pooled output and the logits;
+``check_feature_parity`` compares the feature maps of each framework's RegNetBackbone.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,6 +17,7 @@ import numpy as np
 
 from .backends import framework_name, get_backend, resolve_checkpoint
 from .config import RegNetConfig
+from .features import feature_info
 
 # fp32 tolerances: logits within 1e-4 absolute and 1e-5 of max |logit|; every other
 # output within 1e-5 of its own largest magnitude.
@@ -179,6 +182,65 @@ def parity(
     return check_parity(config, state, with_head, frameworks, pixel_values, source, seed)
 
 
+def backbone_adapter(name: str) -> Any:
+    """A framework's backbone module (``regnet_pt.backbone``, ...): ``backbone_from_canonical`` and ``run_backbone``."""
+    backend = get_backend(name)  # a missing framework raises BackendUnavailableError naming the extra
+    return importlib.import_module(backend.__name__.rsplit(".", 1)[0] + ".backbone")
+
+
+def run_feature_maps(
+    config: RegNetConfig,
+    state: Mapping[str, np.ndarray],
+    frameworks: Sequence[str],
+    pixel_values: np.ndarray,
+    out_indices: Sequence[int] | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """Feature maps (NCHW numpy) of each framework's backbone on one input; one model alive at a time."""
+    results = {}
+    for name in frameworks:
+        adapter = backbone_adapter(name)
+        model = adapter.backbone_from_canonical(config, state, out_indices)
+        results[name] = adapter.run_backbone(model, pixel_values)["feature_maps"]
+        del model
+    return results
+
+
+def compare_feature_maps(
+    reference: Sequence[np.ndarray], other: Sequence[np.ndarray], names: Sequence[str]
+) -> list[OutputDifference]:
+    """Compare two backbones' feature maps, named ``feature_maps[i] (stageK)``, in forward order."""
+    differences = []
+    for position, name in enumerate(names):
+        label = f"feature_maps[{position}] ({name})"
+        if position >= len(reference) or position >= len(other):
+            differences.append(OutputDifference(label, float("inf"), float("inf"), False))
+        else:
+            differences.append(compare_arrays(label, reference[position], other[position]))
+    return differences
+
+
+def check_feature_parity(
+    config: RegNetConfig,
+    state: Mapping[str, np.ndarray],
+    frameworks: Sequence[str],
+    pixel_values: np.ndarray,
+    out_indices: Sequence[int] | None = None,
+    source: str = "",
+    seed: int = 0,
+) -> ParityReport:
+    """Run every framework's backbone (trunk or classifier weights) on ``pixel_values`` and compare the feature maps."""
+    names = [framework_name(f) for f in frameworks]
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"parity needs at least two different frameworks, got {list(frameworks)}")
+    outputs = [info.name for info in feature_info(config, out_indices)]
+    results = run_feature_maps(config, state, names, pixel_values, out_indices)
+    pairs = [
+        PairReport(a, b, compare_feature_maps(results[a], results[b], outputs))
+        for a, b in itertools.combinations(names, 2)
+    ]
+    return ParityReport(source, tuple(pixel_values.shape), seed, names, pairs)
+
+
 def format_report(report: ParityReport) -> str:
     """A human-readable table of every pair and output."""
     lines = [
@@ -193,7 +255,7 @@ def format_report(report: ParityReport) -> str:
             lines.append(f"{label:<10}{o.name:<28}{o.max_abs:>12.3e}{o.max_rel:>12.3e}{flag}")
     for pair in report.pairs:
         if pair.passed:
-            logits = pair.worst("logits") or pair.worst("pooler_output")
+            logits = pair.worst("logits") or pair.worst("pooler_output") or pair.outputs[-1]
             lines.append(f"{pair.reference} vs {pair.other}: agree ({logits.name} max_abs {logits.max_abs:.3e})")
         else:
             lines.append(f"{pair.reference} vs {pair.other}: DIVERGE, first at {pair.first_divergence}")

@@ -5,6 +5,7 @@ module, variables = regnet_flax.from_pretrained("path/to/checkpoint")
 logits = module.apply(variables, images_nhwc).logits
 """
 
+from .backbone import RegNetBackbone, backbone_from_canonical, backbone_to_canonical, init_backbone
 from .modeling import (
     BatchNorm,
     RegNetForImageClassification,
@@ -27,14 +28,18 @@ loss = compute_loss
 
 __all__ = [
     "BatchNorm",
+    "RegNetBackbone",
     "RegNetForImageClassification",
     "RegNetModel",
     "activation_function",
+    "backbone_from_canonical",
+    "backbone_to_canonical",
     "compute_loss",
     "from_canonical",
     "from_native",
     "from_pretrained",
     "init",
+    "init_backbone",
     "load_native",
     "loss",
     "native_table",

@@ -59,8 +59,8 @@ def activation_function(name: str | None) -> Callable[[jax.Array], jax.Array]:
     return _ACTIVATIONS[name]
 
 
-def _register_model_output() -> None:
-    """Make ModelOutput a pytree so that jax.jit, jax.grad and vmap can return it."""
+def register_output_pytree(output_class: type[ModelOutput] = ModelOutput) -> None:
+    """Make ModelOutput (or a subclass, e.g. BackboneOutput) a pytree that jax.jit, jax.grad and vmap can return."""
 
     def flatten_with_keys(output: ModelOutput) -> tuple[list[tuple[Any, Any]], tuple[str, ...]]:
         return [(jax.tree_util.DictKey(key), value) for key, value in output.items()], tuple(output)
@@ -71,18 +71,18 @@ def _register_model_output() -> None:
     def unflatten(keys: tuple[str, ...], values: Sequence[Any]) -> ModelOutput:
         # Bypass ModelOutput.__init__, which drops None: JAX may rebuild a tree with None or
         # sentinel leaves and expects the same structure back.
-        output = ModelOutput()
+        output = output_class()
         for key, value in zip(keys, values, strict=True):
             OrderedDict.__setitem__(output, key, value)
         return output
 
     try:
-        jax.tree_util.register_pytree_with_keys(ModelOutput, flatten_with_keys, unflatten, flatten)
+        jax.tree_util.register_pytree_with_keys(output_class, flatten_with_keys, unflatten, flatten)
     except ValueError:  # already registered (this module was reloaded)
         pass
 
 
-_register_model_output()
+register_output_pytree(ModelOutput)
 
 
 def _child_name(relative_path: str) -> str:
@@ -290,6 +290,17 @@ class Embeddings(nn.Module):
         )(pixel_values, train)
 
 
+def check_input(pixel_values: jax.Array, num_channels: int) -> None:
+    """Raise ValueError unless ``pixel_values`` is a float NHWC batch with ``num_channels`` channels."""
+    check_pixel_values(
+        tuple(pixel_values.shape),
+        bool(jnp.issubdtype(pixel_values.dtype, jnp.floating)),
+        str(pixel_values.dtype),
+        num_channels,
+        "NHWC",
+    )
+
+
 def _spec_of(config: RegNetConfig) -> ModelSpec:
     if not isinstance(config, RegNetConfig):
         raise TypeError(f"expected a RegNetConfig, got {type(config).__name__}")
@@ -307,13 +318,7 @@ class RegNetModel(nn.Module):
     def __call__(self, pixel_values: jax.Array, train: bool = False, output_hidden_states: bool = False) -> ModelOutput:
         """NHWC float batch -> last_hidden_state, pooler_output (B, 1, 1, C), hidden_states (stem, every stage)."""
         spec = _spec_of(self.config)
-        check_pixel_values(
-            tuple(pixel_values.shape),
-            bool(jnp.issubdtype(pixel_values.dtype, jnp.floating)),
-            str(pixel_values.dtype),
-            spec.stem.input_width,
-            "NHWC",
-        )
+        check_input(pixel_values, spec.stem.input_width)
         hidden_state = Embeddings(spec, self.axis_name, name="embedder")(pixel_values, train)
         stage_outputs = Encoder(spec, self.axis_name, self.zero_init_last_bn, name="encoder")(hidden_state, train)
         last_hidden_state = stage_outputs[-1]

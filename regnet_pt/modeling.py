@@ -147,6 +147,17 @@ class Embeddings(nn.Module):
         return self.embedder(pixel_values)
 
 
+def check_input(pixel_values: torch.Tensor, num_channels: int) -> None:
+    """Raise ValueError unless ``pixel_values`` is a float NCHW batch with ``num_channels`` channels."""
+    check_pixel_values(
+        tuple(pixel_values.shape),
+        pixel_values.is_floating_point(),
+        str(pixel_values.dtype),
+        num_channels,
+        "NCHW",
+    )
+
+
 class RegNetPreTrainedModel(nn.Module):
     """Shared construction, initialisation and checkpoint I/O."""
 
@@ -220,14 +231,18 @@ class RegNetPreTrainedModel(nn.Module):
         tensors = state_from_canonical(
             state, self.spec, with_head=self._with_head, reinit_head=reinit_head, context=context, copy=_copy
         )
+        self._assign_tensors(tensors, strict=not reinit_head)
+        if reinit_head and self._with_head:
+            self.reset_classifier()
+        return self
+
+    def _assign_tensors(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Load checked tensors: moved to the model's device, or assigned as they are onto a meta-device model."""
         device = next(self.parameters()).device
         on_meta = device.type == "meta"
         if not on_meta:
             tensors = {name: value.to(device) for name, value in tensors.items()}
-        self.load_state_dict(tensors, strict=not reinit_head, assign=on_meta)
-        if reinit_head and self._with_head:
-            self.reset_classifier()
-        return self
+        self.load_state_dict(tensors, strict=strict, assign=on_meta)
 
     def reset_classifier(self) -> None:
         """Overridden by models with a head."""
@@ -249,13 +264,7 @@ class RegNetModel(RegNetPreTrainedModel):
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True
     ) -> ModelOutput | tuple:
         """NCHW float batch -> last_hidden_state, pooler_output (B, C, 1, 1), hidden_states (stem, every stage)."""
-        check_pixel_values(
-            tuple(pixel_values.shape),
-            pixel_values.is_floating_point(),
-            str(pixel_values.dtype),
-            self.spec.stem.input_width,
-            "NCHW",
-        )
+        check_input(pixel_values, self.spec.stem.input_width)
         hidden_state = self.embedder(pixel_values)
         hidden_states = [hidden_state]
         for stage in self.encoder.stages:

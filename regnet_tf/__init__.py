@@ -52,6 +52,7 @@ _require_tensorflow_keras()
 # Lazy exports: ``regnet_tf.weights`` (numpy-only canonical <-> Keras mapping) imports without
 # TensorFlow; the model classes load TensorFlow and Keras on first use.
 _EXPORTS = {
+    "RegNetBackbone": "backbone",
     "RegNetForImageClassification": "modeling",
     "RegNetModel": "modeling",
     "RegNetPreTrainedModel": "modeling",
@@ -66,6 +67,7 @@ _EXPORTS = {
 }
 __all__ = [
     "KerasBackendError",
+    "RegNetBackbone",
     "RegNetForImageClassification",
     "RegNetModel",
     "RegNetPreTrainedModel",
@@ -80,6 +82,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover  (for type checkers and IDEs)
+    from .backbone import RegNetBackbone
     from .modeling import RegNetForImageClassification, RegNetModel, RegNetPreTrainedModel, labels_loss
     from .native import load_native, save_native
     from .weights import assign_canonical, from_native, native_table, read_canonical, to_native

@@ -44,24 +44,24 @@ _ACTIVATIONS = {
 }
 
 
-def _register_outputs_with_keras_tree() -> None:
-    """Let Keras' symbolic (functional API) tracing see into ModelOutput, as it sees into dicts."""
+def register_outputs_with_keras_tree(output_class: type[ModelOutput] = ModelOutput) -> None:
+    """Let Keras' symbolic (functional API) tracing see into ModelOutput (or a subclass), as it sees into dicts."""
     try:
         import optree
     except ImportError:  # Keras on dm-tree: outputs stay opaque to the functional API
         return
     try:
         optree.register_pytree_node(
-            ModelOutput,
+            output_class,
             lambda output: (list(output.values()), list(output.keys()), list(output.keys())),
-            lambda keys, children: ModelOutput(zip(keys, children, strict=True)),
+            lambda keys, children: output_class(zip(keys, children, strict=True)),
             namespace="keras",
         )
     except ValueError:  # already registered (module reloaded)
         pass
 
 
-_register_outputs_with_keras_tree()
+register_outputs_with_keras_tree(ModelOutput)
 
 
 def activation_function(name: str | None) -> Any:
@@ -326,6 +326,27 @@ class Stage(keras.layers.Layer):
         return hidden
 
 
+def trunk_layers(
+    spec: ModelSpec, zero_init_last_bn: bool = False, skip_init: bool = False
+) -> tuple[ConvNormAct, list[Stage]]:
+    """The stem and the stages of ``spec``, under the native layer names (``stem``, ``stage_0``, ...)."""
+    stem = ConvNormAct(
+        spec.stem.input_width,
+        spec.stem.width,
+        spec.stem.kernel_size,
+        spec,
+        spec.stem.stride,
+        activation=spec.activation,
+        skip_init=skip_init,
+        name=native.STEM,
+    )
+    stages = [
+        Stage(stage, spec, zero_init_last_bn, skip_init, name=native.stage_name(index))
+        for index, stage in enumerate(spec.stages)
+    ]
+    return stem, stages
+
+
 def check_input(pixel_values: tf.Tensor, num_channels: int) -> None:
     """Raise ValueError unless ``pixel_values`` is a float NHWC batch with ``num_channels`` channels (static shape)."""
     shape = pixel_values.shape
@@ -463,21 +484,7 @@ class RegNetModel(RegNetPreTrainedModel):
         **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
-        spec = self.spec
-        self.stem = ConvNormAct(
-            spec.stem.input_width,
-            spec.stem.width,
-            spec.stem.kernel_size,
-            spec,
-            spec.stem.stride,
-            activation=spec.activation,
-            skip_init=_skip_init,
-            name=native.STEM,
-        )
-        self.stages = [
-            Stage(stage, spec, zero_init_last_bn, _skip_init, name=native.stage_name(index))
-            for index, stage in enumerate(spec.stages)
-        ]
+        self.stem, self.stages = trunk_layers(self.spec, zero_init_last_bn, _skip_init)
         if _build:  # a trunk inside RegNetForImageClassification is built in its parent's name scope
             self.build(self.input_shape_nhwc)
 
