@@ -2,6 +2,13 @@
 
 Module names reproduce transformers' RegNet so that state dicts are interchangeable
 (``regnet.encoder.stages.0.layers.0.shortcut.normalization.running_var`` and so on).
+
+Fast by default: every model stores its convolution weights channels_last (NHWC in memory,
+oneDNN's and cuDNN's fast layout) from construction and loading on, and ``forward`` turns an
+ordinary NCHW input into channels_last memory before the stem, so ``model(x)`` runs at
+channels_last speed. Shapes and semantics stay NCHW, and every returned feature map is an
+ordinary contiguous NCHW tensor (``.view`` works on it). ``model.to(memory_format=
+torch.contiguous_format)`` opts out; state dicts and saved checkpoints are the same either way.
 """
 
 from __future__ import annotations
@@ -60,8 +67,74 @@ class ConvNormAct(nn.Module):
         self.normalization = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
         self.activation = make_activation(activation)
 
+        self.fold_batchnorm = False  # set by RegNetPreTrainedModel.fold_batchnorm
+        self._folded: tuple[tuple[Any, ...], torch.Tensor, torch.Tensor] | None = None
+
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.normalization(self.convolution(hidden_state)))
+        if (
+            not self.fold_batchnorm
+            or self.training
+            or torch.is_grad_enabled()
+            or _has_hooks(self.convolution)
+            or _has_hooks(self.normalization)
+        ):
+            return self.activation(self.normalization(self.convolution(hidden_state)))
+        # Inference without autograd: one convolution with BatchNorm folded into its weight and bias
+        # (never when a hook watches the convolution or the BatchNorm: hooks see the modules run).
+        weight, bias = self.folded_weight_and_bias()
+        conv = self.convolution
+        return self.activation(
+            F.conv2d(hidden_state, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        )
+
+    def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution's weight and a bias with the BatchNorm's running statistics and affine folded in."""
+        conv, norm = self.convolution, self.normalization
+        tensors = (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        if _tracing() or conv.weight.numel() > FOLD_CACHE_MAX_ELEMENTS:
+            # traced (torch.compile, torch.export, ONNX): plain ops; a huge layer: fold per call, hold no copy
+            return _fold(*tensors, norm.eps)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device, t.stride()) for t in tensors) + (norm.eps,)
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                self._folded = (key, *_fold(*tensors, norm.eps))
+        return self._folded[1], self._folded[2]
+
+
+def _fold(
+    weight: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = gamma * torch.rsqrt(var + eps)
+    folded = weight * scale.reshape(-1, 1, 1, 1)
+    if weight.is_contiguous(memory_format=torch.channels_last):
+        folded = folded.contiguous(memory_format=torch.channels_last)
+    return folded, beta - mean * scale
+
+
+# Folded weights are cached per layer (invalidated when any input tensor changes) up to this size;
+# larger layers (the biggest SEER models) fold on every call rather than hold a second copy.
+FOLD_CACHE_MAX_ELEMENTS = 2**24
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether forward hooks (the module's own or global ones) would observe the module being called."""
+    from torch.nn.modules import module as module_globals
+
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module_globals._global_forward_hooks
+        or module_globals._global_forward_pre_hooks
+    )
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling()
 
 
 class SqueezeExcitation(nn.Module):
@@ -145,6 +218,13 @@ class Embeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.embedder(pixel_values)
+
+
+def channels_last_input(pixel_values: torch.Tensor, first_conv: nn.Conv2d) -> torch.Tensor:
+    """The input in the memory format of the stem's weights (channels_last unless the user opted out)."""
+    if first_conv.weight.is_contiguous(memory_format=torch.channels_last) and pixel_values.dim() == 4:
+        return pixel_values.contiguous(memory_format=torch.channels_last)
+    return pixel_values
 
 
 def check_input(pixel_values: torch.Tensor, num_channels: int) -> None:
@@ -236,6 +316,25 @@ class RegNetPreTrainedModel(nn.Module):
             self.reset_classifier()
         return self
 
+    def fold_batchnorm(self, enabled: bool = True) -> RegNetPreTrainedModel:
+        """Opt in to folding each BatchNorm into its convolution for inference (eval mode, no autograd); returns self.
+
+        Folded weights are computed on first use and recomputed whenever a weight or running
+        statistic changes, so training in between is safe; every output is kept. Results then
+        differ from the unfolded model in the last bits (about 1e-6 relative), so outputs are no
+        longer bit-identical to transformers'. Training, autograd and forward hooks on the
+        convolutions always take the unfolded path.
+        """
+        for module in self.modules():
+            if isinstance(module, ConvNormAct):
+                module.fold_batchnorm = bool(enabled)
+                module._folded = None
+        return self
+
+    def use_channels_last(self) -> RegNetPreTrainedModel:
+        """Store every 4-D weight channels_last (the default after construction and loading); returns self."""
+        return self.to(memory_format=torch.channels_last)
+
     def _assign_tensors(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Load checked tensors: moved to the model's device, or assigned as they are onto a meta-device model."""
         device = next(self.parameters()).device
@@ -243,6 +342,8 @@ class RegNetPreTrainedModel(nn.Module):
         if not on_meta:
             tensors = {name: value.to(device) for name, value in tensors.items()}
         self.load_state_dict(tensors, strict=strict, assign=on_meta)
+        if on_meta:  # assigned tensors arrive NCHW-contiguous; copies into existing weights keep their layout
+            self.use_channels_last()
 
     def reset_classifier(self) -> None:
         """Overridden by models with a head."""
@@ -259,21 +360,22 @@ class RegNetModel(RegNetPreTrainedModel):
             self.pooler = nn.AdaptiveAvgPool2d((1, 1))
         if not _skip_init:
             self.init_weights(zero_init_last_bn)
+            self.use_channels_last()
 
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True
     ) -> ModelOutput | tuple:
         """NCHW float batch -> last_hidden_state, pooler_output (B, C, 1, 1), hidden_states (stem, every stage)."""
         check_input(pixel_values, self.spec.stem.input_width)
-        hidden_state = self.embedder(pixel_values)
+        hidden_state = self.embedder(channels_last_input(pixel_values, self.embedder.embedder.convolution))
         hidden_states = [hidden_state]
         for stage in self.encoder.stages:
             hidden_state = stage(hidden_state)
             hidden_states.append(hidden_state)
         output = ModelOutput(
-            last_hidden_state=hidden_state,
-            pooler_output=self.pooler(hidden_state),
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            last_hidden_state=hidden_state.contiguous(),
+            pooler_output=self.pooler(hidden_state).contiguous(),
+            hidden_states=tuple(state.contiguous() for state in hidden_states) if output_hidden_states else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -291,6 +393,7 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
         if not _skip_init:
             self.regnet.to_empty(device="cpu")
             self.init_weights(zero_init_last_bn)
+            self.use_channels_last()
 
     def _new_linear(self) -> nn.Module:
         head = self.spec.head

@@ -108,8 +108,8 @@ def test_classifier_checkpoint_loads_into_a_trunk_and_trunk_needs_reinit_head(tm
     fine_tune = RegNetForImageClassification.from_pretrained(tmp_path / "trunk", reinit_head=True, num_labels=3)
     with torch.no_grad():
         out = fine_tune(x)
+        assert torch.equal(out.pooler_output, trunk(x).pooler_output)
     assert out.logits.shape == (1, 3)
-    assert torch.equal(out.pooler_output, trunk(x).pooler_output)
     assert fine_tune.classifier[1].weight.device.type == "cpu"
 
 
