@@ -361,11 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_cmd_parity)
 
+    from .cli_bench import register as register_bench
     from .cli_export import register as register_export
     from .cli_predict import register as register_predict
 
     register_predict(commands)
     register_export(commands)
+    register_bench(commands)
     return parser
 
 
