@@ -3,9 +3,14 @@
 import regnet_flax
 module, variables = regnet_flax.from_pretrained("path/to/checkpoint")
 logits = module.apply(variables, images_nhwc).logits
+
+On CPU the grouped convolutions use a faster lowering than XLA's own (see
+``regnet_flax.grouped_conv``); ``from_pretrained(..., dtype=jnp.bfloat16)`` computes in
+bfloat16 with float32 parameters, BatchNorm statistics and logits.
 """
 
 from .backbone import RegNetBackbone, backbone_from_canonical, backbone_to_canonical, init_backbone
+from .grouped_conv import grouped_conv_method
 from .modeling import (
     BatchNorm,
     RegNetForImageClassification,
@@ -38,6 +43,7 @@ __all__ = [
     "from_canonical",
     "from_native",
     "from_pretrained",
+    "grouped_conv_method",
     "init",
     "init_backbone",
     "load_native",

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from regnet_core.config import RegNetConfig
 from regnet_core.convert import load_pretrained
@@ -35,7 +36,7 @@ from regnet_core.features import (
 )
 from regnet_core.specs import ModelSpec, build_model_spec
 
-from .modeling import Embeddings, Encoder, check_input, register_output_pytree
+from .modeling import Embeddings, Encoder, canonical_dtype, check_input, register_output_pytree
 from .weights import from_native, to_native
 
 register_output_pytree(BackboneOutput)
@@ -57,6 +58,7 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
     not built. Properties: ``feature_info`` (name, index, num_chs, reduction per output),
     ``channels``, ``reductions``, ``stage_names``, and ``spec`` (the spec of what is built).
     ``train=True`` with ``mutable=["batch_stats"]`` updates BatchNorm statistics as the full model does.
+    ``dtype`` is the computation dtype (feature maps come out in it; see regnet_flax.from_pretrained).
     """
 
     config: RegNetConfig
@@ -64,6 +66,8 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
     out_features: Sequence[str] | None = None
     zero_init_last_bn: bool = False
     axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, RegNetConfig):
@@ -92,8 +96,11 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
         """NHWC float batch -> feature_maps (chosen outputs, NHWC) and, if asked, hidden_states (stem, stages run)."""
         spec = self.spec
         check_input(pixel_values, spec.stem.input_width)
-        hidden_state = Embeddings(spec, self.axis_name, name="embedder")(pixel_values, train)
-        stage_outputs = Encoder(spec, self.axis_name, self.zero_init_last_bn, name="encoder")(hidden_state, train)
+        dtype, param_dtype = canonical_dtype(self.dtype), canonical_dtype(self.param_dtype)
+        hidden_state = Embeddings(spec, self.axis_name, dtype, param_dtype, name="embedder")(pixel_values, train)
+        stage_outputs = Encoder(spec, self.axis_name, self.zero_init_last_bn, dtype, param_dtype, name="encoder")(
+            hidden_state, train
+        )
         hidden_states = (hidden_state, *stage_outputs)
         return BackboneOutput(
             feature_maps=tuple(hidden_states[index] for index in self.out_indices),
@@ -109,6 +116,7 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
         out_features: Sequence[str] | None = None,
         format: str | None = None,
         config: RegNetConfig | str | None = None,
+        dtype: DTypeLike | None = None,
         **config_changes: Any,
     ) -> tuple[RegNetBackbone, Variables]:
         """(module, variables) holding the trunk of any supported checkpoint (directory, file of any format, hub id).
@@ -117,7 +125,9 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
         stages after the last chosen output are dropped (never read from disk).
         """
         config, state = load_pretrained(source, format, config, **config_changes)
-        return backbone_from_canonical(config, state, out_indices, out_features=out_features, context=f"in {source}")
+        return backbone_from_canonical(
+            config, state, out_indices, out_features=out_features, context=f"in {source}", dtype=dtype
+        )
 
 
 def init_backbone(
@@ -127,9 +137,10 @@ def init_backbone(
     *,
     out_features: Sequence[str] | None = None,
     zero_init_last_bn: bool = False,
+    dtype: DTypeLike | None = None,
 ) -> tuple[RegNetBackbone, Variables]:
-    """A new pycls-initialised (module, variables) backbone pair, seeded."""
-    module = RegNetBackbone(config, out_indices, out_features, zero_init_last_bn)
+    """A new pycls-initialised (module, variables) backbone pair, seeded; ``dtype`` is the computation dtype."""
+    module = RegNetBackbone(config, out_indices, out_features, zero_init_last_bn, dtype=canonical_dtype(dtype))
     dummy = jnp.zeros((1, _INIT_IMAGE_SIZE, _INIT_IMAGE_SIZE, config.num_channels), jnp.float32)
     return module, dict(jax.jit(module.init)(jax.random.PRNGKey(seed), dummy))
 
@@ -141,9 +152,10 @@ def backbone_from_canonical(
     *,
     out_features: Sequence[str] | None = None,
     context: str = "",
+    dtype: DTypeLike | None = None,
 ) -> tuple[RegNetBackbone, Variables]:
     """(module, variables) holding canonical trunk or classifier weights, checked strictly against the whole trunk."""
-    module = RegNetBackbone(config, out_indices, out_features)
+    module = RegNetBackbone(config, out_indices, out_features, dtype=canonical_dtype(dtype))
     selected = select_backbone_state(state, build_model_spec(config), module.out_indices, context)
     return module, to_native(selected, module.spec, with_head=False, context=context, leaf=jnp.asarray)
 

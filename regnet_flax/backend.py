@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from regnet_core.config import RegNetConfig
 from regnet_core.specs import build_model_spec
@@ -46,9 +47,11 @@ def build(config: RegNetConfig, with_head: bool = True, seed: int = 0) -> FlaxMo
     return pretrained.init(config, with_head, seed)
 
 
-def from_canonical(config: RegNetConfig, state: Mapping[str, np.ndarray], with_head: bool = True) -> FlaxModel:
-    """A (module, variables) pair holding canonical weights."""
-    return pretrained.from_canonical(config, state, with_head)
+def from_canonical(
+    config: RegNetConfig, state: Mapping[str, np.ndarray], with_head: bool = True, dtype: DTypeLike | None = None
+) -> FlaxModel:
+    """A (module, variables) pair holding canonical weights; ``dtype`` ("bfloat16", ...) is the computation dtype."""
+    return pretrained.from_canonical(config, state, with_head, dtype=dtype)
 
 
 def to_canonical(model: FlaxModel) -> dict[str, np.ndarray]:

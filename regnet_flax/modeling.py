@@ -10,6 +10,19 @@ mutable, updates the running statistics exactly as PyTorch does::
 
 Module names follow one rule from the canonical (transformers) names, see ``weights.py``:
 ``regnet.encoder.stages.0.layers.1.layer.0`` lives at ``regnet/encoder/stages_0/layers_1/layer_0``.
+
+Convolutions are ``Conv`` modules with nn.Conv's parameters (``kernel`` HWIO, grouped
+``(k, k, in / groups, out)``; ``bias``); grouped ones run through
+``regnet_flax.grouped_conv``, which on CPU replaces XLA's slow ``feature_group_count``
+conv by a faster equivalent lowering (chosen per shape at trace time; forced with
+``REGNET_FLAX_GROUPED_CONV=xla|scan|loop|dense|im2col``). In inference BatchNorm is one
+per-channel multiply-add with the running statistics folded in (as PyTorch's CPU kernel).
+
+``dtype`` (every module; default float32) is the computation dtype and ``param_dtype``
+the parameters' (default float32). With ``dtype=jnp.bfloat16`` convolutions, activations
+and the residual stream are bfloat16 (parameters are cast when used), BatchNorm
+normalises in float32 and keeps float32 statistics, and the pooled features, the
+classifier and so the logits are float32.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, r
 from regnet_core.specs import BlockSpec, ModelSpec, StageSpec, build_model_spec
 from regnet_core.weights import block_module_names
 
+from .grouped_conv import grouped_conv
 from .weights import native_module_path
 
 # pycls initialisation (DESIGN decision 8): He-normal with fan-out = k * k * out_channels
@@ -91,22 +105,56 @@ def _child_name(relative_path: str) -> str:
     return name
 
 
-def _conv(
-    features: int, kernel_size: int, stride: int = 1, groups: int = 1, use_bias: bool = False, *, name: str
-) -> nn.Conv:
-    # Explicit symmetric k // 2 padding: "SAME" pads asymmetrically at stride 2 (DESIGN note 5).
-    pad = kernel_size // 2
-    return nn.Conv(
-        features,
-        (kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        use_bias=use_bias,
-        kernel_init=conv_kernel_init,
-        bias_init=nn.initializers.zeros,
-        name=name,
-    )
+def canonical_dtype(dtype: Any) -> jnp.dtype:
+    """A computation dtype as a numpy dtype: None -> float32; "bfloat16", "float32", jnp.bfloat16, ... accepted."""
+    if dtype is None:
+        return jnp.dtype(jnp.float32)
+    try:
+        result = jnp.dtype(dtype)
+    except TypeError as error:
+        raise ValueError(f"unknown dtype {dtype!r}; expected a float dtype such as 'float32' or 'bfloat16'") from error
+    if not jnp.issubdtype(result, jnp.floating):
+        raise ValueError(f"the computation dtype must be a float dtype, got {result}")
+    return result
+
+
+class Conv(nn.Module):
+    """Square conv over NHWC (symmetric k // 2 padding), HWIO kernel ``(k, k, in / groups, out)`` as nn.Conv's.
+
+    Grouped convs go through ``grouped_conv`` (a lowering XLA:CPU runs fast, see
+    ``regnet_flax.grouped_conv``); the kernel and bias are cast to ``dtype`` for the computation.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    groups: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Convolve an NHWC batch (cast to ``dtype``)."""
+        in_features = x.shape[-1]
+        if in_features % self.groups:
+            raise ValueError(f"{in_features} input channels are not divisible by {self.groups} groups")
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", conv_kernel_init, (k, k, in_features // self.groups, self.features), self.param_dtype
+        )
+        # Explicit symmetric k // 2 padding: "SAME" pads asymmetrically at stride 2 (DESIGN note 5).
+        pad = k // 2
+        y = grouped_conv(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            (self.stride, self.stride),
+            ((pad, pad), (pad, pad)),
+            self.groups,
+        )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
 
 
 class BatchNorm(nn.Module):
@@ -116,33 +164,43 @@ class BatchNorm(nn.Module):
     towards the unbiased one (n / (n - 1)), as torch.nn.BatchNorm2d does; flax's
     nn.BatchNorm stores the biased variance. ``momentum`` is Flax's (0.9 == PyTorch's 0.1).
     With ``axis_name`` the statistics are averaged over that mapped axis (cross-device BN).
+    Statistics and the normalisation are float32 whatever the input; the output is ``dtype``
+    (None: the input's). Inference is one fused per-channel scale and shift.
     """
 
     momentum: float = 0.9
     epsilon: float = 1e-5
     axis_name: str | None = None
     zero_init_scale: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Normalise ``x`` with batch statistics (``train``) or the running ones."""
         features = x.shape[-1]
+        out_dtype = x.dtype if self.dtype is None else self.dtype
         scale_init = nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones
-        scale = self.param("scale", scale_init, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        scale = self.param("scale", scale_init, (features,), self.param_dtype).astype(jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype).astype(jnp.float32)
         running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
         running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        x32 = x.astype(jnp.float32)
         if train:
-            mean, var, count = self._batch_statistics(x)
+            mean, var, count = self._batch_statistics(x32)
             if not self.is_initializing():
                 # Bookkeeping only: no gradient flows into the running statistics (PyTorch detaches too).
                 batch_mean, unbiased_var = jax.lax.stop_gradient((mean, var * (count / (count - 1))))
                 momentum = self.momentum
                 running_mean.value = momentum * running_mean.value + (1 - momentum) * batch_mean
                 running_var.value = momentum * running_var.value + (1 - momentum) * unbiased_var
-        else:
-            mean, var = running_mean.value, running_var.value
-        multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
-        return (x - mean) * multiplier + bias
+            multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+            # Centre first: batch statistics flow into the gradient, and x - mean keeps its digits.
+            return ((x32 - mean) * multiplier + bias).astype(out_dtype)
+        mean = running_mean.value.astype(jnp.float32)
+        multiplier = scale * jax.lax.rsqrt(running_var.value.astype(jnp.float32) + self.epsilon)
+        # Running statistics are constants here: fold them into one multiply-add per value.
+        return (x32 * multiplier + (bias - mean * multiplier)).astype(out_dtype)
 
     def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
         axes = tuple(range(x.ndim - 1))
@@ -174,15 +232,28 @@ class ConvNormAct(nn.Module):
     activation: str | None = None
     axis_name: str | None = None
     zero_init_scale: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = _conv(self.features, self.kernel_size, self.stride, self.groups, name="convolution")(x)
+        """Conv, BatchNorm (float32 inside), activation; the result is ``dtype``."""
+        x = Conv(
+            self.features,
+            self.kernel_size,
+            self.stride,
+            self.groups,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="convolution",
+        )(x)
         x = BatchNorm(
             momentum=1.0 - self.spec.bn_momentum,  # the spec keeps PyTorch's convention
             epsilon=self.spec.bn_eps,
             axis_name=self.axis_name,
             zero_init_scale=self.zero_init_scale,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="normalization",
         )(x, train)
         return activation_function(self.activation)(x)
@@ -192,14 +263,18 @@ class SqueezeExcitation(nn.Module):
     """Squeeze-and-excitation: global pool, 1x1 conv down, ReLU, 1x1 conv up, sigmoid gate."""
 
     se_width: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-        attention = _conv(self.se_width, 1, use_bias=True, name=_child_name("attention.0"))(pooled)
+        """Gate the channels of ``x`` by its pooled attention."""
+        conv = functools.partial(Conv, kernel_size=1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+        pooled = jnp.mean(x, axis=(1, 2), keepdims=True, dtype=jnp.float32)
+        attention = conv(self.se_width, name=_child_name("attention.0"))(pooled)
         attention = jax.nn.relu(attention)  # always ReLU, whatever hidden_act (paper, pycls, transformers)
-        attention = _conv(x.shape[-1], 1, use_bias=True, name=_child_name("attention.2"))(attention)
-        return x * jax.nn.sigmoid(attention)
+        attention = conv(x.shape[-1], name=_child_name("attention.2"))(attention)
+        return x * jax.nn.sigmoid(attention).astype(x.dtype)
 
 
 class Bottleneck(nn.Module):
@@ -209,13 +284,18 @@ class Bottleneck(nn.Module):
     spec: ModelSpec
     axis_name: str | None = None
     zero_init_last_bn: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """The block's output (``dtype``)."""
         block, spec = self.block, self.spec
         # Layer positions (SE shifts the last conv from layer.2 to layer.3) come from the core.
         names = {role: _child_name(path) for role, path in block_module_names(block).items()}
-        conv_norm = functools.partial(ConvNormAct, spec=spec, axis_name=self.axis_name)
+        conv_norm = functools.partial(
+            ConvNormAct, spec=spec, axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         if block.has_projection:
             residual = conv_norm(block.width, 1, stride=block.stride, name=names["projection"])(x, train)
         else:
@@ -230,9 +310,9 @@ class Bottleneck(nn.Module):
             name=names["b"],
         )(hidden, train)
         if block.has_se:
-            hidden = SqueezeExcitation(block.se_width, name=names["se"])(hidden)
+            hidden = SqueezeExcitation(block.se_width, self.dtype, self.param_dtype, name=names["se"])(hidden)
         hidden = conv_norm(block.width, 1, zero_init_scale=self.zero_init_last_bn, name=names["c"])(hidden, train)
-        return activation_function(spec.activation)(hidden + residual)
+        return activation_function(spec.activation)(hidden + residual.astype(hidden.dtype))
 
 
 class Stage(nn.Module):
@@ -242,12 +322,21 @@ class Stage(nn.Module):
     spec: ModelSpec
     axis_name: str | None = None
     zero_init_last_bn: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """The last block's output."""
         for index, block in enumerate(self.stage.blocks):
             x = Bottleneck(
-                block, self.spec, self.axis_name, self.zero_init_last_bn, name=_child_name(f"layers.{index}")
+                block,
+                self.spec,
+                self.axis_name,
+                self.zero_init_last_bn,
+                self.dtype,
+                self.param_dtype,
+                name=_child_name(f"layers.{index}"),
             )(x, train)
         return x
 
@@ -258,14 +347,23 @@ class Encoder(nn.Module):
     spec: ModelSpec
     axis_name: str | None = None
     zero_init_last_bn: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
+        """The output of every stage, in order."""
         outputs = []
         for index, stage in enumerate(self.spec.stages):
-            x = Stage(stage, self.spec, self.axis_name, self.zero_init_last_bn, name=_child_name(f"stages.{index}"))(
-                x, train
-            )
+            x = Stage(
+                stage,
+                self.spec,
+                self.axis_name,
+                self.zero_init_last_bn,
+                self.dtype,
+                self.param_dtype,
+                name=_child_name(f"stages.{index}"),
+            )(x, train)
             outputs.append(x)
         return outputs
 
@@ -275,9 +373,12 @@ class Embeddings(nn.Module):
 
     spec: ModelSpec
     axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values: jax.Array, train: bool = False) -> jax.Array:
+        """The stem's output (``dtype``)."""
         stem = self.spec.stem
         return ConvNormAct(
             stem.width,
@@ -286,6 +387,8 @@ class Embeddings(nn.Module):
             stride=stem.stride,
             activation=self.spec.activation,
             axis_name=self.axis_name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="embedder",
         )(pixel_values, train)
 
@@ -313,18 +416,23 @@ class RegNetModel(nn.Module):
     config: RegNetConfig
     zero_init_last_bn: bool = False
     axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values: jax.Array, train: bool = False, output_hidden_states: bool = False) -> ModelOutput:
-        """NHWC float batch -> last_hidden_state, pooler_output (B, 1, 1, C), hidden_states (stem, every stage)."""
+        """NHWC float batch -> last_hidden_state, pooler_output (B, 1, 1, C; float32), hidden_states (stem, stages)."""
         spec = _spec_of(self.config)
         check_input(pixel_values, spec.stem.input_width)
-        hidden_state = Embeddings(spec, self.axis_name, name="embedder")(pixel_values, train)
-        stage_outputs = Encoder(spec, self.axis_name, self.zero_init_last_bn, name="encoder")(hidden_state, train)
+        dtype, param_dtype = canonical_dtype(self.dtype), canonical_dtype(self.param_dtype)
+        hidden_state = Embeddings(spec, self.axis_name, dtype, param_dtype, name="embedder")(pixel_values, train)
+        stage_outputs = Encoder(spec, self.axis_name, self.zero_init_last_bn, dtype, param_dtype, name="encoder")(
+            hidden_state, train
+        )
         last_hidden_state = stage_outputs[-1]
         return ModelOutput(
             last_hidden_state=last_hidden_state,
-            pooler_output=jnp.mean(last_hidden_state, axis=(1, 2), keepdims=True),
+            pooler_output=jnp.mean(last_hidden_state, axis=(1, 2), keepdims=True, dtype=jnp.float32),
             hidden_states=(hidden_state, *stage_outputs) if output_hidden_states else None,
         )
 
@@ -342,6 +450,8 @@ class RegNetForImageClassification(nn.Module):
     config: RegNetConfig
     zero_init_last_bn: bool = False
     axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -352,14 +462,17 @@ class RegNetForImageClassification(nn.Module):
         labels: jax.Array | None = None,
     ) -> ModelOutput:
         """Logits for an NHWC batch; with ``labels``, also the loss chosen by config.problem_type."""
-        outputs = RegNetModel(self.config, self.zero_init_last_bn, self.axis_name, name="regnet")(
-            pixel_values, train, output_hidden_states
-        )
+        outputs = RegNetModel(
+            self.config, self.zero_init_last_bn, self.axis_name, self.dtype, self.param_dtype, name="regnet"
+        )(pixel_values, train, output_hidden_states)
         pooled = outputs.pooler_output.reshape(outputs.pooler_output.shape[0], -1)
         num_labels = self.config.num_labels
         if num_labels > 0:
+            # The head runs in float32 whatever ``dtype``: it is cheap and the logits stay float32.
             logits = nn.Dense(
                 num_labels,
+                dtype=jnp.float32,
+                param_dtype=canonical_dtype(self.param_dtype),
                 kernel_init=classifier_kernel_init,
                 bias_init=nn.initializers.zeros,
                 name=_child_name("classifier.1"),

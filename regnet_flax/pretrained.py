@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from regnet_core.checkpoint import CheckpointError, save_checkpoint
 from regnet_core.config import RegNetConfig
@@ -26,7 +27,14 @@ from regnet_core.specs import build_model_spec
 from regnet_core.tensors import LazyTensor, dtype_name, from_storage
 from regnet_core.weights import BASE_PREFIX, HEAD_PREFIX
 
-from .modeling import RegNetForImageClassification, RegNetModel, classifier_kernel_init, has_head, model_class
+from .modeling import (
+    RegNetForImageClassification,
+    RegNetModel,
+    canonical_dtype,
+    classifier_kernel_init,
+    has_head,
+    model_class,
+)
 from .weights import PARAMS, check_native, fit_native_head, from_native, native_module_path, to_native
 
 Variables = dict[str, Any]
@@ -36,9 +44,16 @@ FlaxModel = tuple[RegNetModel | RegNetForImageClassification, Variables]
 _INIT_IMAGE_SIZE = 32
 
 
-def init(config: RegNetConfig, with_head: bool = True, seed: int = 0, *, zero_init_last_bn: bool = False) -> FlaxModel:
-    """A new pycls-initialised (module, variables) pair, seeded."""
-    module = model_class(with_head)(config, zero_init_last_bn=zero_init_last_bn)
+def init(
+    config: RegNetConfig,
+    with_head: bool = True,
+    seed: int = 0,
+    *,
+    zero_init_last_bn: bool = False,
+    dtype: DTypeLike | None = None,
+) -> FlaxModel:
+    """A new pycls-initialised (module, variables) pair, seeded; ``dtype`` is the computation dtype (see from_pretrained)."""
+    module = model_class(with_head)(config, zero_init_last_bn=zero_init_last_bn, dtype=canonical_dtype(dtype))
     dummy = jnp.zeros((1, _INIT_IMAGE_SIZE, _INIT_IMAGE_SIZE, config.num_channels), jnp.float32)
     # jit: one compiled init instead of hundreds of dispatched ops; the forward itself is discarded.
     variables = jax.jit(module.init)(jax.random.PRNGKey(seed), dummy)
@@ -53,10 +68,12 @@ def from_canonical(
     reinit_head: bool = False,
     seed: int = 0,
     context: str = "",
+    dtype: DTypeLike | None = None,
 ) -> FlaxModel:
     """A (module, variables) pair holding canonical numpy weights, loaded strictly.
 
-    ``reinit_head`` keeps the trunk and draws a fresh pycls classifier from ``seed``.
+    ``reinit_head`` keeps the trunk and draws a fresh pycls classifier from ``seed``;
+    ``dtype`` is the computation dtype (see from_pretrained).
     """
     spec = build_model_spec(config)
     variables = to_native(state, spec, with_head, reinit_head=reinit_head, context=context, leaf=jnp.asarray)
@@ -67,7 +84,7 @@ def from_canonical(
         for name in classifier_path:
             node = node.setdefault(name, {})
         node.update(kernel=kernel, bias=jnp.zeros((spec.head.num_labels,), jnp.float32))
-    return model_class(with_head)(config), variables
+    return model_class(with_head)(config, dtype=canonical_dtype(dtype)), variables
 
 
 def to_canonical(model: FlaxModel, context: str = "") -> dict[str, np.ndarray]:
@@ -84,6 +101,7 @@ def from_pretrained(
     seed: int = 0,
     format: str | None = None,
     config: RegNetConfig | str | None = None,
+    dtype: DTypeLike | None = None,
     **config_changes: Any,
 ) -> FlaxModel:
     """Load any supported checkpoint as ``(module, variables)``, strictly.
@@ -100,11 +118,18 @@ def from_pretrained(
     ``reinit_head=True`` keeps the trunk and starts a fresh classifier drawn from ``seed``
     (for fine-tuning, e.g. with ``num_labels=10``). Other keywords change config fields
     before building. Every missing, unexpected or mis-shaped tensor is reported at once.
+
+    ``dtype`` (default float32; "bfloat16", "float32" or a jnp dtype) is the computation
+    dtype: with ``jnp.bfloat16`` convolutions, matmuls and activations run in bfloat16
+    while the parameters stay float32 (cast when used), BatchNorm normalises in float32,
+    and the pooled features and the classifier (hence the logits) are float32.
     """
     config, state = load_pretrained(source, format, config, **config_changes)
     if with_head is None:
         with_head = reinit_head or any(name.startswith(BASE_PREFIX) for name in state)
-    return from_canonical(config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {source}")
+    return from_canonical(
+        config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {source}", dtype=dtype
+    )
 
 
 def save_pretrained(
@@ -146,7 +171,9 @@ def _device_leaf(tensor: LazyTensor) -> jax.Array:
     return jnp.asarray(tensor.load(), dtype=jnp.bfloat16 if tensor.dtype == "bfloat16" else None)
 
 
-def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool | None = None) -> FlaxModel:
+def load_native(
+    config: RegNetConfig, path: str | os.PathLike, with_head: bool | None = None, *, dtype: DTypeLike | None = None
+) -> FlaxModel:
     """(module, variables) from a Flax msgpack file written by save_native, checked strictly.
 
     The file is read lazily (core's msgpack reader): names and shapes are checked before any
@@ -166,4 +193,4 @@ def load_native(config: RegNetConfig, path: str | os.PathLike, with_head: bool |
         with_head = isinstance(params, dict) and BASE_PREFIX.rstrip(".") in params
     variables = fit_native_head(variables, with_head)
     check_native(variables, build_model_spec(config), with_head, context=f"in {path}")
-    return model_class(with_head)(config), jax.tree_util.tree_map(_device_leaf, variables)
+    return model_class(with_head)(config, dtype=canonical_dtype(dtype)), jax.tree_util.tree_map(_device_leaf, variables)
