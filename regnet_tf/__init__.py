@@ -3,6 +3,10 @@
 Keras 3 picks its backend once, at its first import. This package needs TensorFlow, so it
 sets KERAS_BACKEND before importing keras and refuses to run on a Keras that is already
 loaded on (or configured for) another backend.
+
+Eager inference calls (``model(x)``) run through a compiled ``tf.function`` kept on each
+model (``compiled_calls(False)`` turns that off), and every model takes ``dtype=
+"mixed_bfloat16"``; see ``regnet_tf.modeling``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ _EXPORTS = {
     "RegNetForImageClassification": "modeling",
     "RegNetModel": "modeling",
     "RegNetPreTrainedModel": "modeling",
+    "compiled_calls": "modeling",
     "labels_loss": "modeling",
     "load_native": "native",
     "save_native": "native",
@@ -72,6 +77,7 @@ __all__ = [
     "RegNetModel",
     "RegNetPreTrainedModel",
     "assign_canonical",
+    "compiled_calls",
     "from_native",
     "labels_loss",
     "load_native",
@@ -83,7 +89,13 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover  (for type checkers and IDEs)
     from .backbone import RegNetBackbone
-    from .modeling import RegNetForImageClassification, RegNetModel, RegNetPreTrainedModel, labels_loss
+    from .modeling import (
+        RegNetForImageClassification,
+        RegNetModel,
+        RegNetPreTrainedModel,
+        compiled_calls,
+        labels_loss,
+    )
     from .native import load_native, save_native
     from .weights import assign_canonical, from_native, native_table, read_canonical, to_native
 

@@ -45,7 +45,9 @@ register_outputs_with_keras_tree(BackboneOutput)
 class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
     """Feature maps (NHWC) of chosen outputs: ``out_indices`` into (stem, stage1, ..., stageN), default every stage.
 
-    Stages after the last chosen output are not built (no variables, no compute). Attributes:
+    Stages after the last chosen output are not built (no variables, no compute). Eager
+    inference calls run compiled, and ``dtype`` may be "mixed_bfloat16", as for the other
+    models (``regnet_tf.modeling``). Attributes:
     ``out_indices``, ``out_features`` (names), ``feature_info`` (name, index, num_chs,
     reduction per output), ``channels``, ``reductions``, ``stage_names``; ``spec`` is the spec
     of what is built.
@@ -68,7 +70,7 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         self._out_indices = resolve_out_indices(full_spec, out_indices, out_features)
         self._feature_info = feature_info(full_spec, self._out_indices)
         self.spec = backbone_spec(full_spec, self._out_indices)
-        self.stem, self.stages = trunk_layers(self.spec, zero_init_last_bn, _skip_init)
+        self.stem, self.stages = trunk_layers(self.spec, zero_init_last_bn, _skip_init, self.dtype_policy)
         self.build(self.input_shape_nhwc)
 
     @property
@@ -94,7 +96,7 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
     def call(
         self, pixel_values: tf.Tensor, output_hidden_states: bool = False, training: bool = False
     ) -> BackboneOutput:
-        """NHWC float batch -> feature_maps (chosen outputs, NHWC) and, if asked, hidden_states (stem, stages run)."""
+        """NHWC float batch -> feature_maps (chosen outputs, NHWC, in the compute dtype) and, if asked, hidden_states."""
         check_input(pixel_values, self.spec.stem.input_width)
         hidden = self.stem(pixel_values, training=training)
         hidden_states = [hidden]
@@ -116,15 +118,17 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         out_features: Sequence[str] | None = None,
         format: str | None = None,
         config: RegNetConfig | str | None = None,
+        dtype: Any = None,
         **config_changes: Any,
     ) -> RegNetBackbone:
         """A backbone holding the trunk of any supported checkpoint (directory, weights file of any format, hub id).
 
         The weights are checked strictly against the whole trunk; a classifier's head and the
-        stages after the last chosen output are dropped (never read from disk).
+        stages after the last chosen output are dropped (never read from disk). ``dtype``: the
+        Keras policy ("float32", "mixed_bfloat16" or "bfloat16"; None: the global one).
         """
         config, state = load_pretrained(source, format, config, **config_changes)
-        model = cls(config, out_indices, out_features=out_features, _skip_init=True)
+        model = cls(config, out_indices, out_features=out_features, _skip_init=True, dtype=dtype)
         return model.load_canonical_state(state, context=f"in {source}")
 
     def load_canonical_state(
@@ -144,13 +148,18 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
 
     # -------------------------------------------------------------- Keras serialisation
     def get_config(self) -> dict[str, Any]:
-        """Keras config: the layer name, the RegNet config as a dict and the out_indices."""
+        """Keras config: the layer name, the RegNet config as a dict, the dtype policy and the out_indices."""
         return {**super().get_config(), "out_indices": list(self._out_indices)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RegNetBackbone:
         """Rebuild from ``get_config()`` (weights not included)."""
-        return cls(RegNetConfig.from_dict(config["regnet_config"]), config.get("out_indices"), name=config.get("name"))
+        return cls(
+            RegNetConfig.from_dict(config["regnet_config"]),
+            config.get("out_indices"),
+            name=config.get("name"),
+            dtype=config.get("dtype"),
+        )
 
 
 # ----------------------------------------------------------------------------- adapter for regnet_core.parity

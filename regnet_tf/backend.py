@@ -7,6 +7,7 @@ transposed back, so every backend's results compare directly.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import keras
 import numpy as np
@@ -47,10 +48,10 @@ def build(config: RegNetConfig, with_head: bool = True, seed: int = 0) -> RegNet
 
 
 def from_canonical(
-    config: RegNetConfig, state: Mapping[str, np.ndarray], with_head: bool = True
+    config: RegNetConfig, state: Mapping[str, np.ndarray], with_head: bool = True, dtype: Any = None
 ) -> RegNetPreTrainedModel:
-    """A model holding canonical weights."""
-    model = _class(with_head)(config, _skip_init=True)
+    """A model holding canonical weights (float32 variables); ``dtype``: "float32", "mixed_bfloat16", "bfloat16" or None (global)."""
+    model = _class(with_head)(config, _skip_init=True, dtype=dtype)
     return model.load_canonical_state(dict(state))
 
 
