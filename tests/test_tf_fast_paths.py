@@ -13,9 +13,9 @@ from regnet_tf import backend as tf_backend  # noqa: E402
 from regnet_tf.modeling import compiled_calls, resolve_dtype  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
-# bfloat16 keeps 8 bits of mantissa; on the tiny random models the logits differ from float32 by
-# at most about 1% of their largest magnitude (seen: 0.2% to 0.8%); the bound leaves a margin.
-BF16_LOGITS_REL = 0.03
+# bfloat16 keeps 8 bits of mantissa; on the tiny random models (seeds 0 to 3) the logits differ
+# from float32 by 0.4% to 1.4% of their largest magnitude; the bound leaves a margin of about 3.
+BF16_LOGITS_REL = 0.04
 
 
 def _state(config, seed=0, with_head=True):
@@ -235,7 +235,7 @@ def test_mixed_bfloat16_logits_are_float32_and_close(layer_type, how, global_pol
     config = tiny_config(layer_type)
     reference = _model(config)
     if how == "global":
-        keras.config.set_dtype_policy("mixed_bfloat16")
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
         model = _model(config)
     else:
         model = _model(config, dtype="mixed_bfloat16")
