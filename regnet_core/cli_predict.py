@@ -9,15 +9,7 @@ import argparse
 import json
 import sys
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from .cli import _positive_int
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
