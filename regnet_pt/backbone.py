@@ -30,7 +30,7 @@ from regnet_core.features import (
 )
 from regnet_core.specs import build_model_spec
 
-from .modeling import Embeddings, Encoder, RegNetPreTrainedModel, channels_last_input, check_input
+from .modeling import Embeddings, Encoder, RegNetPreTrainedModel, run_trunk
 from .weights import state_from_canonical
 
 TRUNK_CLASS = "RegNetModel"
@@ -71,12 +71,7 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True
     ) -> BackboneOutput | tuple:
         """NCHW float batch -> feature_maps (chosen outputs, NCHW) and, if asked, hidden_states (stem, stages run)."""
-        check_input(pixel_values, self.spec.stem.input_width)
-        hidden_state = self.embedder(channels_last_input(pixel_values, self.embedder.embedder.convolution))
-        hidden_states = [hidden_state]
-        for stage in self.encoder.stages:
-            hidden_state = stage(hidden_state)
-            hidden_states.append(hidden_state)
+        hidden_states = run_trunk(self.embedder, self.encoder, pixel_values, self.spec.stem.input_width)
         output = BackboneOutput(  # ordinary NCHW tensors out, whatever the memory format inside
             feature_maps=tuple(hidden_states[index].contiguous() for index in self.out_indices),
             hidden_states=tuple(state.contiguous() for state in hidden_states) if output_hidden_states else None,

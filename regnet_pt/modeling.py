@@ -220,6 +220,19 @@ class Embeddings(nn.Module):
         return self.embedder(pixel_values)
 
 
+def run_trunk(
+    embedder: Embeddings, encoder: Encoder, pixel_values: torch.Tensor, input_width: int
+) -> list[torch.Tensor]:
+    """Check an NCHW batch, run the stem and every stage; the stem's output and each stage's, in order."""
+    check_input(pixel_values, input_width)
+    hidden_state = embedder(channels_last_input(pixel_values, embedder.embedder.convolution))
+    hidden_states = [hidden_state]
+    for stage in encoder.stages:
+        hidden_state = stage(hidden_state)
+        hidden_states.append(hidden_state)
+    return hidden_states
+
+
 def channels_last_input(pixel_values: torch.Tensor, first_conv: nn.Conv2d) -> torch.Tensor:
     """The input in the memory format of the stem's weights (channels_last unless the user opted out)."""
     if first_conv.weight.is_contiguous(memory_format=torch.channels_last) and pixel_values.dim() == 4:
@@ -366,12 +379,8 @@ class RegNetModel(RegNetPreTrainedModel):
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True
     ) -> ModelOutput | tuple:
         """NCHW float batch -> last_hidden_state, pooler_output (B, C, 1, 1), hidden_states (stem, every stage)."""
-        check_input(pixel_values, self.spec.stem.input_width)
-        hidden_state = self.embedder(channels_last_input(pixel_values, self.embedder.embedder.convolution))
-        hidden_states = [hidden_state]
-        for stage in self.encoder.stages:
-            hidden_state = stage(hidden_state)
-            hidden_states.append(hidden_state)
+        hidden_states = run_trunk(self.embedder, self.encoder, pixel_values, self.spec.stem.input_width)
+        hidden_state = hidden_states[-1]
         output = ModelOutput(
             last_hidden_state=hidden_state.contiguous(),
             pooler_output=self.pooler(hidden_state).contiguous(),
