@@ -215,7 +215,17 @@ class BatchNorm(keras.layers.Layer):
     Training mode normalises with the biased batch variance and updates the moving
     variance with the unbiased one (n / (n - 1), n = batch * height * width), as
     PyTorch does; Keras' own BatchNormalization uses the biased variance for both.
+
+    Under a ``tf.distribute`` strategy with more than one replica in sync (MirroredStrategy,
+    MultiWorkerMirroredStrategy, TPUStrategy), training statistics are those of the global
+    batch: per-channel sums and counts, then sums of squared deviations from the global
+    mean, are all-reduced across replicas (two passes, as on one device), so ``fit`` under the
+    strategy takes the step ``fit`` takes on one device with the same global batch. This is
+    Keras' ``synchronized=True``, on by default here; ``synchronized = False`` (or the model's
+    ``sync_batchnorm(False)``) keeps each replica's own statistics and saves the all-reduces.
     """
+
+    synchronized: bool = True
 
     def __init__(
         self, channels: int, epsilon: float, momentum: float, gamma_initializer: str = "ones", **kwargs: Any
@@ -251,8 +261,7 @@ class BatchNorm(keras.layers.Layer):
                 raise ValueError(
                     f"BatchNorm in training mode needs more than one value per channel, got input shape {tuple(inputs.shape)}"
                 )
-            mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])
-            count = tf.cast(tf.size(inputs) // self.channels, inputs.dtype)
+            mean, variance, count = self._batch_moments(inputs)
             unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
             self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
             self.moving_variance.assign(self.momentum * self.moving_variance + (1.0 - self.momentum) * unbiased)
@@ -261,6 +270,34 @@ class BatchNorm(keras.layers.Layer):
         else:
             scale, shift = self.inference_scale_and_shift()
         return tf.cast(inputs * scale + shift, compute_dtype)
+
+    def _batch_moments(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(mean, biased variance, values per channel) of the batch: the global batch across synchronised replicas."""
+        axes = [0, 1, 2]
+        local_count = tf.cast(tf.size(inputs) // self.channels, inputs.dtype)
+        replica = synchronizing_replica_context() if self.synchronized else None
+        if replica is None:
+            mean, variance = tf.nn.moments(inputs, axes=axes)
+            return mean, variance, local_count
+        # One all-reduce for the sums and the count, one for the squared deviations from the
+        # global mean: the two-pass moments of the global batch (E[x^2] - E[x]^2 loses digits).
+        # all_reduce is differentiable: its gradient is the all-reduce of the incoming gradients.
+        totals = replica.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.concat([tf.reduce_sum(inputs, axis=axes), local_count[None]], axis=0)
+        )
+        sums, count = totals[:-1], totals[-1]
+        mean = sums / count
+        squares = tf.reduce_sum(tf.math.squared_difference(inputs, tf.stop_gradient(mean)), axis=axes)
+        variance = replica.all_reduce(tf.distribute.ReduceOp.SUM, squares) / count
+        return mean, variance, count
+
+
+def synchronizing_replica_context() -> tf.distribute.ReplicaContext | None:
+    """The replica context to all-reduce BatchNorm statistics in: one with more than one replica in sync, else None."""
+    replica = tf.distribute.get_replica_context()  # None in a cross-replica context
+    if replica is None or replica.num_replicas_in_sync <= 1:
+        return None
+    return replica
 
 
 class ConvNormAct(keras.layers.Layer):
@@ -728,6 +765,19 @@ class RegNetPreTrainedModel(keras.Model):
         """The (batch, height, width, channels) shape the model accepts: any size, config.num_channels channels."""
         return (None, None, None, self.spec.stem.input_width)
 
+    # -------------------------------------------------------------- distributed training
+    def sync_batchnorm(self, enabled: bool = True) -> RegNetPreTrainedModel:
+        """Whether training BatchNorm uses the global batch's statistics under a multi-replica strategy; returns self.
+
+        On by default (see ``BatchNorm``): ``fit`` under MirroredStrategy then equals ``fit`` on
+        one device with the same global batch. ``False`` normalises each replica with its own
+        share of the batch (no all-reduce; the step then differs from the one-device step).
+        """
+        for layer in self._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, BatchNorm):
+                layer.synchronized = bool(enabled)
+        return self
+
     # -------------------------------------------------------------- checkpoints
     def canonical_state(self) -> dict[str, Any]:
         """The weights as canonical numpy arrays (transformers names and layouts)."""
@@ -922,7 +972,9 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
             raise ValueError("compiled without a loss, fit/evaluate need labels (y) for config.problem_type's loss")
         if sample_weight is not None:
             raise ValueError("sample_weight needs a compiled Keras loss; the labels loss is an unweighted mean")
-        loss = self.labels_loss(logits, y)
+        # Keras' own losses do the same: the per-replica mean over 1 / replicas, so that the
+        # gradients summed across replicas are those of the global batch's mean loss.
+        loss = self.labels_loss(logits, y) / tf.distribute.get_strategy().num_replicas_in_sync
         if self.losses:
             loss = loss + tf.add_n(self.losses)
         return loss

@@ -1,0 +1,76 @@
+"""Past one device, on each framework's own engine: the data-parallel step equals the one-device step.
+
+Each check runs a worker from tests/distributed in its own process (device counts must be set
+before the framework initialises) and reads back one JSON line of measured differences.
+Tolerances are stated against the size of the update the one-device step made: float32
+all-reduces sum in another order than one device does, nothing else may differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import requires
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Data-parallel weights may differ from one-device weights by float32 rounding only: measured
+# about 1e-7 absolute (a few ulps) after two SGD steps; without synchronised BatchNorm the
+# same runs differ by percents of the update, four to six orders of magnitude more.
+SYNCED_DIFFERENCE_OVER_UPDATE = 1e-5
+
+
+def run_worker(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict:
+    """Run ``python -m tests.distributed.MODULE`` from the repository root; its RESULT line as a dict."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    completed = subprocess.run(
+        [sys.executable, "-m", f"tests.distributed.{module}", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode != 0 or not lines:
+        raise AssertionError(f"worker {module} failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def assert_equal_to_one_device(result: dict, what: str) -> None:
+    assert result["largest_update"] > 1e-3, f"{what}: the step changed nothing, the comparison would be empty"
+    assert result["difference_over_update"] <= SYNCED_DIFFERENCE_OVER_UPDATE, f"{what}: {result}"
+
+
+def assert_differs_from_one_device(result: dict, what: str) -> None:
+    # Each replica normalising with its own half batch is a different step, visibly.
+    assert result["difference_over_update"] > 100 * SYNCED_DIFFERENCE_OVER_UPDATE, f"{what}: {result}"
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+
+
+def _check_mirrored(result: dict) -> None:
+    assert result["replicas"] == 2
+    assert_equal_to_one_device(result["synced"], "MirroredStrategy, synchronised BatchNorm")
+    assert result["synced"]["loss"] == pytest.approx(result["single_loss"], rel=1e-6)
+    assert_differs_from_one_device(result["unsynced"], "MirroredStrategy, per-replica BatchNorm")
+
+
+@requires("tensorflow")
+def test_keras_fit_under_mirrored_strategy_equals_fit_on_one_device():
+    _check_mirrored(run_worker("tf_mirrored"))
+
+
+@pytest.mark.slow
+@requires("tensorflow")
+def test_keras_fit_under_mirrored_strategy_with_a_keras_loss_equals_fit_on_one_device():
+    result = run_worker("tf_mirrored", "--keras-loss")
+    _check_mirrored(result)
+    assert_equal_to_one_device(result["synced_keras_loss"], "MirroredStrategy, Keras loss")
