@@ -1,6 +1,5 @@
 """Complexity equals pycls's published figures; specs keep their invariants for the whole zoo."""
 
-import numpy as np
 import pytest
 
 from regnet_core import build_model_spec, get_config, get_entry, list_models, model_complexity, parameter_table
@@ -84,8 +83,7 @@ def test_spec_invariants_hold_for_every_zoo_model(name):
             assert block.stride == (2 if index == 0 else 1)
             assert block.input_width == (previous if index == 0 else stage.width)
             assert block.groups * block.group_width == block.bottleneck_width
-            expected_se = int(np.round(block.input_width * entry.se_ratio))
-            assert block.se_width == expected_se
+            assert block.has_se == (entry.se_ratio > 0)  # SE widths: the literal test below and test_outside_references
             assert block.has_projection == (index == 0)
         previous = stage.width
     assert spec.head.num_labels == (0 if entry.is_trunk else 1000)
@@ -104,6 +102,19 @@ def test_se_width_is_rounded_from_the_block_input_width():
     first = spec.stages[0].blocks[0]
     assert first.input_width == 10 and first.se_width == 2  # round(2.5) = 2, half to even
     assert spec.stages[1].blocks[1].se_width == 4
+
+
+def test_se_widths_of_regnet_y_002_worked_out_by_hand():
+    # Stem 32, stages 24 / 56 / 152 / 368 wide, 1 / 1 / 4 / 7 deep; SE width = block input / 4:
+    # stage 1: 32/4 = 8; stage 2: 24/4 = 6; stage 3: 56/4 = 14, then 152/4 = 38 three times;
+    # stage 4: 152/4 = 38, then 368/4 = 92 six times.
+    spec = build_model_spec(get_config("regnet-y-002"))
+    assert [[block.se_width for block in stage.blocks] for stage in spec.stages] == [
+        [8],
+        [6],
+        [14, 38, 38, 38],
+        [38, 92, 92, 92, 92, 92, 92],
+    ]
 
 
 def test_table_names_follow_transformers():

@@ -16,14 +16,28 @@ from tests.helpers import tiny_config  # noqa: E402
 RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(size=(3, 32, 32, 3)).astype(np.float32)
 
+# (num_labels, problem_type, labels, the loss torch.nn.functional computes on the same logits)
 LOSS_CASES = [
-    (5, None, np.array([0, 3, 4]), "single-label cross-entropy"),
-    (5, None, np.array([0, -100, 4]), "cross-entropy skips -100 like PyTorch"),
-    (5, None, np.array([[0.0, 1, 1, 0, 0], [1, 0, 0, 0, 1], [0, 0, 0, 0, 0]], np.float32), "multi-label BCE"),
-    (1, None, np.array([0.5, -1.0, 2.0], np.float32), "regression squeezed"),
-    (1, None, np.array([[0.5], [-1.0], [2.0]], np.float32), "regression squeezed 2-D labels"),
-    (2, "regression", RNG.normal(size=(3, 2)).astype(np.float32), "explicit regression"),
-    (2, "multi_label_classification", np.array([[0, 1], [1, 1], [0, 0]]), "explicit multi-label, integer labels"),
+    (5, None, np.array([0, 3, 4]), "cross_entropy", "single-label cross-entropy"),
+    (5, None, np.array([0, -100, 4]), "cross_entropy", "cross-entropy skips -100 like PyTorch"),
+    (5, None, np.array([2, 0, 1], np.int32), "cross_entropy", "int32 labels are class indices"),
+    (
+        5,
+        None,
+        np.array([[0.0, 1, 1, 0, 0], [1, 0, 0, 0, 1], [0, 0, 0, 0, 0]], np.float32),
+        "binary_cross_entropy_with_logits",
+        "multi-label BCE",
+    ),
+    (1, None, np.array([0.5, -1.0, 2.0], np.float32), "mse_squeezed", "regression squeezed"),
+    (1, None, np.array([[0.5], [-1.0], [2.0]], np.float32), "mse_squeezed", "regression squeezed 2-D labels"),
+    (2, "regression", RNG.normal(size=(3, 2)).astype(np.float32), "mse", "explicit regression"),
+    (
+        2,
+        "multi_label_classification",
+        np.array([[0, 1], [1, 1], [0, 0]]),
+        "binary_cross_entropy_with_logits",
+        "explicit multi-label, integer labels",
+    ),
 ]
 
 
@@ -32,19 +46,30 @@ def _model(num_labels=5, problem_type=None, seed=0):
     return config, tf_backend.from_canonical(config, random_state(build_model_spec(config), seed))
 
 
-@pytest.mark.parametrize("num_labels, problem_type, labels, _", LOSS_CASES, ids=[case[-1] for case in LOSS_CASES])
-def test_labels_loss_matches_pytorch(num_labels, problem_type, labels, _):
+def _torch_loss(function, logits, labels):
+    """The loss PyTorch's functional API computes on our TensorFlow logits (an outside reference)."""
     torch = pytest.importorskip("torch")
-    from regnet_pt import backend as pt_backend
+    from torch.nn import functional as F
 
-    config, tf_model = _model(num_labels, problem_type)
-    pt_model = pt_backend.from_canonical(config, tf_backend.to_canonical(tf_model))
-    pixel_values = np.transpose(IMAGES, (0, 3, 1, 2)).copy()
-    with torch.no_grad():
-        expected = pt_model(torch.from_numpy(pixel_values), labels=torch.from_numpy(labels)).loss.item()
-    got = float(tf_model(IMAGES, labels=labels).loss)
+    logits, labels = torch.from_numpy(np.asarray(logits)), torch.from_numpy(labels)
+    if function == "cross_entropy":
+        return F.cross_entropy(logits, labels.long(), ignore_index=-100).item()
+    if function == "mse_squeezed":
+        return F.mse_loss(logits.squeeze(), labels.squeeze().float()).item()
+    if function == "mse":
+        return F.mse_loss(logits, labels.float()).item()
+    return F.binary_cross_entropy_with_logits(logits, labels.float()).item()
+
+
+@pytest.mark.parametrize(
+    "num_labels, problem_type, labels, function, _", LOSS_CASES, ids=[case[-1] for case in LOSS_CASES]
+)
+def test_labels_loss_matches_pytorch_functional(num_labels, problem_type, labels, function, _):
+    _, tf_model = _model(num_labels, problem_type)
+    out = tf_model(IMAGES, labels=labels)
+    expected = _torch_loss(function, out.logits.numpy(), labels)
     assert np.isfinite(expected)
-    assert abs(got - expected) <= 1e-5 * abs(expected)
+    assert abs(float(out.loss) - expected) <= 1e-6 * abs(expected)
 
 
 @pytest.mark.parametrize(
