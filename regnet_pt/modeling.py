@@ -348,6 +348,19 @@ class RegNetPreTrainedModel(nn.Module):
         """Store every 4-D weight channels_last (the default after construction and loading); returns self."""
         return self.to(memory_format=torch.channels_last)
 
+    def sync_batchnorm(self, enabled: bool = True, process_group: Any = None) -> RegNetPreTrainedModel:
+        """Make training BatchNorm use the statistics of the batch across a torch.distributed process group; returns self.
+
+        For DistributedDataParallel: every BatchNorm2d becomes ``regnet_pt.distributed.SyncBatchNorm2d``
+        (same tensors, any device and backend, gloo on CPU included), so the DDP step equals the
+        one-device step on the same global batch. Call before wrapping in DDP; ``False`` reverts.
+        """
+        from .distributed import convert_sync_batchnorm, revert_sync_batchnorm
+
+        if enabled:
+            return convert_sync_batchnorm(self, process_group)
+        return revert_sync_batchnorm(self)
+
     def _assign_tensors(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Load checked tensors: moved to the model's device, or assigned as they are onto a meta-device model."""
         device = next(self.parameters()).device

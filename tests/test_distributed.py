@@ -74,3 +74,56 @@ def test_keras_fit_under_mirrored_strategy_with_a_keras_loss_equals_fit_on_one_d
     result = run_worker("tf_mirrored", "--keras-loss")
     _check_mirrored(result)
     assert_equal_to_one_device(result["synced_keras_loss"], "MirroredStrategy, Keras loss")
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+@requires("torch")
+def test_ddp_with_sync_batchnorm_over_two_gloo_processes_equals_one_process():
+    result = run_worker("pt_ddp")
+    assert result["processes"] == 2
+    assert_equal_to_one_device(result["synced"], "DDP with sync_batchnorm()")
+    assert result["synced"]["between_processes"] == 0.0  # DDP keeps replicas (and synced statistics) identical
+    assert result["synced"]["loss"] == pytest.approx(result["single_loss"], rel=1e-6)
+    assert_differs_from_one_device(result["unsynced"], "DDP with per-process BatchNorm")
+
+
+@requires("torch")
+def test_sync_batchnorm_conversion_keeps_tensors_layout_names_and_single_process_behaviour():
+    import numpy as np
+    import torch
+
+    from regnet_core import build_model_spec, random_state
+    from regnet_pt import backend as pt_backend
+    from regnet_pt.distributed import SyncBatchNorm2d
+    from tests.distributed.common import batches, small_config
+
+    config = small_config()
+    state = random_state(build_model_spec(config), seed=0)
+    plain, synced = pt_backend.from_canonical(config, state), pt_backend.from_canonical(config, state)
+    tensors_before = {name: tensor for name, tensor in synced.state_dict(keep_vars=True).items()}
+    assert synced.sync_batchnorm() is synced
+    norms = [module for module in synced.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert norms and all(isinstance(module, SyncBatchNorm2d) for module in norms)
+    after = synced.state_dict(keep_vars=True)
+    assert list(after) == list(tensors_before)
+    assert all(after[name] is tensors_before[name] for name in after)  # the very same tensors: optimizers stay valid
+    assert synced.regnet.embedder.embedder.convolution.weight.is_contiguous(memory_format=torch.channels_last)
+
+    images = torch.from_numpy(np.ascontiguousarray(batches()[0][:4].transpose(0, 3, 1, 2)))
+    with torch.no_grad():  # eval mode, with and without folding: plain BatchNorm
+        torch.testing.assert_close(synced(images).logits, plain(images).logits, rtol=0, atol=0)
+        synced.fold_batchnorm()
+        plain.fold_batchnorm()
+        torch.testing.assert_close(synced(images).logits, plain(images).logits, rtol=0, atol=0)
+    # training without a process group: plain BatchNorm, statistics updated the same way
+    synced.train()
+    plain.train()
+    torch.testing.assert_close(synced(images).logits, plain(images).logits, rtol=0, atol=0)
+    for name, value in pt_backend.to_canonical(plain).items():
+        np.testing.assert_array_equal(pt_backend.to_canonical(synced)[name], value, err_msg=name)
+
+    synced.sync_batchnorm(False)
+    assert not any(isinstance(module, SyncBatchNorm2d) for module in synced.modules())
+    assert all(synced.state_dict(keep_vars=True)[name] is tensors_before[name] for name in tensors_before)
