@@ -211,8 +211,12 @@ def read_directory_config(directory: Path) -> RegNetConfig:
         raise CheckpointError(f"expected {CONFIG_NAME} in {directory}, found {describe_directory(directory)}")
     try:
         return RegNetConfig.from_pretrained(directory)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {directory / CONFIG_NAME}: {error.strerror or error}") from None
     except ValueError as error:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from None
+        message = str(error)
+        where = str(directory / CONFIG_NAME)
+        raise CheckpointError(message if where in message else f"{where}: {message}") from None
 
 
 def load_checkpoint(

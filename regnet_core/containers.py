@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError
 from .safetensors_io import open_safetensors
 from .tensors import LazyTensor, dtype_name
 
@@ -35,22 +37,35 @@ def read_json(path: Path, what: str) -> Any:
         raise CheckpointError(f"{path} is not {what}: {error}") from None
 
 
+def _json_kind(value: Any) -> str:
+    """JSON's name for the type of a parsed value."""
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
 def _inside(directory: Path, file_name: Any, index: Path) -> Path:
     """A shard file named by an index, refused unless it is a plain file name inside ``directory``."""
     if not isinstance(file_name, str) or not file_name:
         raise CheckpointError(f"{index} names the shard {file_name!r}; expected a file name")
     candidate = Path(file_name)
-    if candidate.is_absolute() or len(candidate.parts) != 1 or file_name in (".", "..") or "\\" in file_name:
-        raise CheckpointError(
+    plain = len(candidate.parts) == 1 and file_name not in (".", "..") and not set(file_name) & {"\\", "\x00"}
+    if candidate.is_absolute() or not plain:
+        raise UnsafeCheckpointError(
             f"{index} names the shard {file_name!r}, which is not a plain file name in {directory}; "
             "refusing to read outside the checkpoint directory"
         )
     path = directory / file_name
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise CheckpointError(f"{index} names the shard {file_name!r}, which cannot be resolved: {error}") from None
     if resolved.parent != directory.resolve():
-        raise CheckpointError(f"{index} names the shard {file_name!r}, which resolves outside {directory}; refusing it")
+        raise UnsafeCheckpointError(
+            f"{index} names the shard {file_name!r}, which resolves outside {directory}; refusing to read it"
+        )
     if not path.is_file():
-        raise CheckpointError(f"{index} lists the shard {file_name}, which is missing from {directory}")
+        found = "a directory" if path.is_dir() else "missing"
+        raise CheckpointError(f"{index} lists the shard {file_name}, which is {found} in {directory}")
     return path
 
 
@@ -59,9 +74,14 @@ def read_index(index: Path) -> dict[str, Path]:
     data = read_json(index, "a shard index (JSON with a weight_map)")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
+        if not isinstance(data, dict):
+            got = f"a JSON {_json_kind(data)}"
+        elif "weight_map" not in data:
+            got = f"an object without one (keys: {', '.join(map(str, list(data)[:8])) or 'none'})"
+        else:
+            got = f"a weight_map that is {'empty' if weight_map == {} else 'a JSON ' + _json_kind(weight_map)}"
         raise CheckpointError(
-            f"{index} is not a shard index: expected a JSON object with a non-empty 'weight_map' object, "
-            f"got {type(weight_map).__name__ if isinstance(data, dict) else type(data).__name__}"
+            f"{index} is not a shard index: expected a JSON object with a non-empty 'weight_map' object, got {got}"
         )
     shards: dict[str, Path] = {}
     out = {}
@@ -112,7 +132,10 @@ def _torch() -> Any:
     return torch
 
 
-_UNSUPPORTED = re.compile(r"Unsupported (?:global|operand)[^\n]*")
+# What torch's weights-only unpickler names when it refuses: an import (GLOBAL module.name) or an opcode.
+_GLOBAL = re.compile(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)")
+_OPERAND = re.compile(r"Unsupported operand \d+")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 _LAST_PICKLE: list[tuple[tuple[str, int, int], Any]] = []
@@ -135,26 +158,54 @@ def load_pickle(path: Path) -> Any:
     return _load_pickle(path)
 
 
+def _check_container(path: Path) -> None:
+    """Refuse, before torch looks at it, a file that is no torch.save output: not a zip archive nor a pickle."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path} is an incomplete PyTorch file: it begins as a zip archive (torch.save) but its directory "
+                "at the end is missing; was it truncated?"
+            )
+    elif not head.startswith(b"\x80"):
+        raise CheckpointError(
+            f"{path} is not a PyTorch file: expected a zip archive (torch.save) or a pickle, "
+            f"it begins with {head[:4]!r}" + (" (it is empty)" if not head else "")
+        )
+
+
 def _load_pickle(path: Path) -> Any:
     torch = _torch()
     if not path.is_file():
         raise CheckpointError(
             f"expected a PyTorch pickle file, got {path} ({'a directory' if path.exists() else 'no such path'})"
         )
+    _check_container(path)
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error) and "zip" not in str(error):
-                raise
-            # Legacy (pre-zip) pickles cannot be memory-mapped; read them whole, still weights-only.
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles: the error below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error) and "zip" not in str(error):
+                    raise
+                # Legacy (pre-zip) pickles cannot be memory-mapped; read them whole, still weights-only.
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = _UNSUPPORTED.search(str(error))
-        reason = found.group(0) if found else str(error).splitlines()[0]
-        raise CheckpointError(
-            f"refused to unpickle {path}: it holds more than tensors ({reason}); only tensors and plain "
-            "containers are loaded (torch.load weights_only=True), and nothing in the file was run"
+        found, operand = _GLOBAL.search(str(error)), _OPERAND.search(str(error))
+        if found:
+            reason = f"it asks to import {found.group(1)}, which is no tensor or plain container"
+        elif operand:
+            reason = f"it uses a pickle instruction the weights-only reader does not run ({operand.group(0)})"
+        else:
+            reason = " ".join(str(error).split())[:200]
+        raise UnsafeCheckpointError(
+            f"refused to unpickle {path}: {reason}; only tensors and plain containers are loaded "
+            "(torch.load weights_only=True), and nothing in the file was run"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, IndexError) as error:
         raise CheckpointError(f"cannot read {path} as a PyTorch pickle: {type(error).__name__}: {error}") from None

@@ -9,3 +9,7 @@ class CheckpointError(ValueError):
 
 class FormatError(CheckpointError):
     """A checkpoint whose format cannot be told, or is not the one asked for: lists what was seen."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint refused because reading it could run code or reach outside its directory; nothing was run."""

@@ -20,6 +20,7 @@ package, flax or jax.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Callable, Iterator, Mapping
@@ -31,12 +32,14 @@ import numpy as np
 
 from .errors import CheckpointError
 from .tensors import (
+    MAX_NDIM,
     LazyTensor,
     check_finite,
     check_finite_stored,
     from_storage,
     itemsize,
     materialize,
+    shape_problem,
     stored_dtype,
     to_storage,
 )
@@ -51,7 +54,6 @@ EXT_NPSCALAR = 3
 MAX_DEPTH = 64  # a Flax variables tree is about ten levels deep
 MAX_ENTRIES = 1_000_000  # values in one file (a RegNet has a few thousand)
 MAX_KEY_BYTES = 65536
-MAX_NDIM = 64  # numpy's limit
 
 Progress = Callable[[str, int], None]
 
@@ -280,7 +282,10 @@ class _Parser:
         if byte not in (0xC4, 0xC5, 0xC6):
             raise self.fail(f"expected an array's data as msgpack bytes (0xc4-0xc6), got byte 0x{byte:02x}", at)
         nbytes = self.unpack({0xC4: ">B", 0xC5: ">H", 0xC6: ">I"}[byte], "an array's byte count")
-        expected = int(np.prod(shape, dtype=object)) * size
+        problem = shape_problem(shape, name)
+        if problem:
+            raise self.fail(f"an array with an impossible shape: {problem}", at)
+        expected = math.prod(shape) * size
         if nbytes != expected:
             raise self.fail(
                 f"an array of shape {tuple(shape)} and dtype {name} needs {expected} bytes, holds {nbytes}", at
@@ -357,8 +362,11 @@ def _chunked(parser: _Parser, node: dict[str, Any], name: str) -> tuple[list[_Ar
     dtypes = {p.dtype for p in pieces}
     if len(dtypes) != 1:
         raise parser.invalid(problem + f"mixes dtypes {sorted(dtypes)} in its chunks")
+    problem = shape_problem(shape, pieces[0].dtype)
+    if problem:
+        raise parser.invalid(problem + f" ({name!r})")
     total = sum(p.shape[0] for p in pieces)
-    expected = int(np.prod(shape, dtype=object))
+    expected = math.prod(shape)
     if total != expected:
         raise parser.invalid(problem + f"of shape {tuple(shape)} needs {expected} values, its chunks hold {total}")
     return pieces, tuple(shape), pieces[0].dtype

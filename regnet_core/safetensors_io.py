@@ -10,6 +10,7 @@ shapes and dtypes first and then streams each tensor's bytes in order.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ from .tensors import (
     from_storage,
     itemsize,
     materialize,
+    shape_problem,
     stored_dtype,
     to_storage,
 )
@@ -107,8 +109,9 @@ def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> tuple[int
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in CODES:
         raise _fail(path, f"tensor {name!r} has dtype {dtype!r}, expected one of {', '.join(CODES)}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise _fail(path, f"tensor {name!r} has shape {shape!r}, expected a list of non-negative integers")
+    problem = shape_problem(shape, CODES[dtype]) if isinstance(shape, list) else "expected a list"
+    if problem:
+        raise _fail(path, f"tensor {name!r} has shape {shape!r}: {problem}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -118,7 +121,7 @@ def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> tuple[int
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
         raise _fail(path, f"tensor {name!r} spans bytes {begin}..{end}, outside the data section of {data_size} bytes")
-    expected = int(np.prod(shape, dtype=np.int64)) * itemsize(CODES[dtype])
+    expected = math.prod(shape) * itemsize(CODES[dtype])  # Python integers: a lying shape cannot overflow
     if end - begin != expected:
         raise _fail(
             path,

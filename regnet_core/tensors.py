@@ -8,11 +8,14 @@ being filled). numpy has no bfloat16, so bfloat16 values are widened to float32 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .errors import CheckpointError
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
@@ -33,7 +36,7 @@ _ITEMSIZE = {
 }
 
 
-class TensorError(ValueError):
+class TensorError(CheckpointError):
     """A tensor whose values cannot be used as weights (integers, NaN or infinity, bad bytes)."""
 
 
@@ -52,6 +55,25 @@ def itemsize(dtype: str) -> int:
     if dtype not in _ITEMSIZE:
         raise TensorError(f"unsupported tensor dtype {dtype!r}; expected one of {', '.join(_ITEMSIZE)}")
     return _ITEMSIZE[dtype]
+
+
+MAX_NDIM = 64  # numpy's limit
+_MAX_ARRAY_BYTES = 2**62  # below what numpy can address, far above any weight
+
+
+def shape_problem(shape: Any, dtype: str) -> str:
+    """Why a shape read from a file cannot be an array of ``dtype`` ('' when it can): checked before allocating.
+
+    Every dimension must be a non-negative integer, at most MAX_NDIM of them, and the
+    values' bytes (zero dimensions aside, as numpy counts them) must be addressable.
+    """
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_NDIM:
+        return f"expected a list of at most {MAX_NDIM} dimensions, got {shape!r}"
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return f"expected a list of non-negative integers, got {list(shape)!r}"
+    if math.prod(d for d in shape if d) * itemsize(dtype) >= _MAX_ARRAY_BYTES:
+        return f"the shape {list(shape)} of {dtype} is larger than any array can be"
+    return ""
 
 
 def is_float(dtype: str) -> bool:

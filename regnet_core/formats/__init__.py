@@ -82,12 +82,14 @@ def detect_format(path: str | Path) -> tuple[Format, list[str]]:
     scores: dict[str, float] = {}
     samples: list[str] = []
     errors: dict[str, str] = {}
+    raised: list[Exception] = []
     names_cache: dict[str, list[str]] = {}
     for fmt in candidates:
         try:
             names = fmt.peek_names(path)
         except (ValueError, NotImplementedError) as error:
             errors[fmt.name] = " ".join(str(error).split())
+            raised.append(error)
             continue
         names_cache[fmt.name] = names
         samples = samples or names[:6]
@@ -104,7 +106,12 @@ def detect_format(path: str | Path) -> tuple[Format, list[str]]:
         f"{name} {score:.0%}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]) if score > 0
     )
     detail = f" (share of names each format knows: {partial})" if partial else ""
-    failures = "; ".join(f"{name}: {message}" for name, message in errors.items())
+    if not scores and raised and len(set(errors.values())) == 1 and isinstance(raised[0], ValueError):
+        raise raised[0]  # every format that could hold it failed on the file itself, for the same reason
+    by_message: dict[str, list[str]] = {}
+    for name, message in errors.items():
+        by_message.setdefault(message, []).append(name)
+    failures = "; ".join(f"{', '.join(names)}: {message}" for message, names in by_message.items())
     raise FormatError(
         f"cannot tell the format of {path}: saw {seen}{detail}"
         + (f"; could not read it as {failures}" if failures else "")

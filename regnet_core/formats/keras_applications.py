@@ -28,9 +28,10 @@ import numpy as np
 
 from ..config import RegNetConfig
 from ..errors import CheckpointError
-from ..tensors import LazyTensor, dtype_name
+from ..tensors import LazyTensor
 from . import neutral
 from .base import CHANNELS_LAST, KERAS_BN, ForeignCheckpoint, Format, NameTable, ReferenceUnavailable
+from .keras_native import h5_tensor, open_h5, require_h5py
 
 H5_SUFFIXES = (".h5", ".hdf5")
 MODEL_WEIGHTS = "model_weights"  # where a whole-model .h5 (model.save) keeps the weights tree
@@ -129,34 +130,10 @@ def read_attribute_list(group: Any, name: str) -> list[str] | None:
     return values
 
 
-def _h5py() -> Any:
-    try:
-        import h5py
-    except ModuleNotFoundError:
-        raise CheckpointError("reading Keras .h5 weight files needs h5py, which is not installed") from None
-    return h5py
-
-
-def _dataset_loader(path: Path, dataset: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        h5py = _h5py()
-        try:
-            with h5py.File(path, "r") as file:
-                return np.asarray(file[dataset])
-        except (OSError, KeyError) as error:
-            raise CheckpointError(f"cannot read {dataset} from {path}: {error}") from None
-
-    return load
-
-
 def read_h5_weights(path: Path) -> tuple[dict[str, LazyTensor], str]:
     """(tensors named ``{layer}/{variable}`` in layer order, the weights tree's root) of a Keras 2 .h5 file."""
-    h5py = _h5py()
-    try:
-        file = h5py.File(path, "r")
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path} as an HDF5 file (a Keras .h5 weights file): {error}") from None
-    with file:
+    h5py = require_h5py()
+    with open_h5(path, "a Keras .h5 weights file") as file:
         root_name = ""
         root = file
         if read_attribute_list(file, "layer_names") is None and isinstance(file.get(MODEL_WEIGHTS), h5py.Group):
@@ -186,13 +163,7 @@ def read_h5_weights(path: Path) -> tuple[dict[str, LazyTensor], str]:
                         f"named {name.rpartition('/')[2]!r} ({weight_name!r} and another); expected one layer "
                         "per convolution, BatchNorm or Dense"
                     )
-                source = f"{root_name}{layer}/{weight_name}"
-                tensors[name] = LazyTensor(
-                    tuple(int(d) for d in dataset.shape),
-                    dtype_name(dataset.dtype),
-                    _dataset_loader(path, source),
-                    source,
-                )
+                tensors[name] = h5_tensor(path, dataset, f"{root_name}{layer}/{weight_name}")
     return tensors, root_name
 
 

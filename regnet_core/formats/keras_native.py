@@ -18,6 +18,7 @@ layers with these names), so the core never needs TensorFlow for them.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from ..config import RegNetConfig
-from ..errors import CheckpointError, FormatError
+from ..errors import CheckpointError, FormatError, UnsafeCheckpointError
 from ..specs import ModelSpec, build_model_spec
-from ..tensors import LazyTensor, check_finite, dtype_name, from_storage, itemsize, to_storage
+from ..tensors import LazyTensor, check_finite, dtype_name, from_storage, itemsize, shape_problem, to_storage
 from ..weights import (
     BN_BIAS,
     BN_COUNT,
@@ -250,11 +251,58 @@ def require_h5py() -> Any:
 
 
 _H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
+MAX_H5_LINKS = 1_000_000  # a RegNet weights file has a few thousand
+
+
+def check_h5_dataset(dataset: Any, path: Path) -> None:
+    """Refuse a dataset whose values live in another file (external storage or a virtual dataset)."""
+    if dataset.is_virtual or dataset.external:
+        kind = "a virtual dataset" if dataset.is_virtual else "stored in external files"
+        raise UnsafeCheckpointError(
+            f"{path}: the array {dataset.name} is {kind}, which would read data from outside this file; refusing it"
+        )
+
+
+def check_h5_self_contained(handle: Any, path: Path) -> None:
+    """Refuse an HDF5 file that reaches outside itself: external links, external storage, virtual datasets."""
+    h5py = require_h5py()
+    count = 0
+    problems: list[CheckpointError] = []
+
+    def visit(name: str, link: Any) -> bool | None:
+        # h5py's visitor cannot raise through HDF5: record the problem and stop the walk (a non-None return).
+        nonlocal count
+        count += 1
+        if count > MAX_H5_LINKS:
+            problems.append(
+                CheckpointError(f"{path} holds more than {MAX_H5_LINKS} HDF5 objects; a weights file holds far fewer")
+            )
+        elif isinstance(link, h5py.ExternalLink):
+            problems.append(
+                UnsafeCheckpointError(
+                    f"{path}: /{name} is a link to {link.filename}:{link.path}, outside this file; refusing it"
+                )
+            )
+        elif isinstance(link, h5py.HardLink):
+            item = handle.get(name)
+            if isinstance(item, h5py.Dataset):
+                try:
+                    check_h5_dataset(item, path)
+                except CheckpointError as error:
+                    problems.append(error)
+        return True if problems else None
+
+    handle.visititems_links(visit)
+    if problems:
+        raise problems[0]
 
 
 @contextmanager
-def open_h5(path: Path, what: str) -> Iterator[Any]:
-    """An HDF5 file open for reading; a missing, foreign, truncated or broken file raises CheckpointError naming ``what``."""
+def open_h5(path: Path, what: str, check: bool = True) -> Iterator[Any]:
+    """An HDF5 file open for reading; a missing, foreign, truncated or broken file raises CheckpointError naming ``what``.
+
+    ``check`` (default) first refuses a file that reaches outside itself (check_h5_self_contained).
+    """
     h5py = require_h5py()
     if not path.is_file():
         raise CheckpointError(f"expected {what} at {path}, found {'a directory' if path.exists() else 'nothing'}")
@@ -263,6 +311,8 @@ def open_h5(path: Path, what: str) -> Iterator[Any]:
     except _H5_ERRORS as error:
         raise CheckpointError(f"{path} is not an HDF5 file ({what}) or is damaged: {error}") from None
     try:
+        if check:
+            check_h5_self_contained(handle, path)
         yield handle
     except CheckpointError:
         raise
@@ -296,14 +346,37 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
             f"{source} in {path} holds {dataset.dtype} values; expected floating-point weights"
         ) from None
     address = dataset.name
+    shape = tuple(int(d) for d in dataset.shape)
+    problem = shape_problem(list(shape), dtype)
+    if problem:
+        raise CheckpointError(f"{source} in {path}: {problem}")
+    check_h5_dataset(dataset, path)
+    _check_h5_storage(dataset, path, source, shape, dtype)
 
     def load() -> np.ndarray:
-        with open_h5(path, f"the HDF5 file holding {source}") as handle:
-            raw = handle[address][()]
+        with open_h5(path, f"the HDF5 file holding {source}", check=False) as handle:  # the file was checked on open
+            item = handle[address]
+            check_h5_dataset(item, path)
+            if tuple(item.shape) != shape or h5_dtype(item) != dtype:
+                raise CheckpointError(f"{source} in {path} changed since the file was opened")
+            raw = item[()]
         raw = np.asarray(raw)
         return from_storage(raw.view(np.uint16), dtype) if dtype == "bfloat16" else raw
 
-    return LazyTensor(tuple(int(d) for d in dataset.shape), dtype, load, f"{source} in {path}")
+    return LazyTensor(shape, dtype, load, f"{source} in {path}")
+
+
+def _check_h5_storage(dataset: Any, path: Path, source: str, shape: tuple[int, ...], dtype: str) -> None:
+    """Refuse a plain (contiguous, unfiltered) dataset whose stored bytes are not what its shape and dtype need."""
+    declared = math.prod(shape) * itemsize(dtype)
+    if dataset.chunks is not None or not declared:
+        return  # chunked (possibly compressed) data: h5py checks each chunk as it is read
+    stored = dataset.id.get_storage_size()
+    if stored != declared:
+        raise CheckpointError(
+            f"{source} in {path} declares shape {shape} of {dtype} ({declared} bytes) but stores {stored} bytes: "
+            "the file is truncated or damaged"
+        )
 
 
 def storage(values: np.ndarray, dtype: str) -> np.ndarray:
