@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import numpy as np
 
 from .config import CONFIG_NAME, RegNetConfig
 from .containers import open_pickle_state, open_sharded
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputExistsError
+from .io import atomic_output, clean_stale_temporaries, crash_point, is_empty_directory
 from .safetensors_io import open_safetensors, plan_shards, write_safetensors
 from .tensors import LazyTensor, is_float, itemsize, stored_dtype
 
@@ -32,7 +32,10 @@ BIN_NAME = "pytorch_model.bin"
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-_SHARD_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# A checkpoint's own weight files, of any transformers framework (sharded or not, with their indexes).
+_CHECKPOINT_FILE = re.compile(
+    r"(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?\.(safetensors|bin|h5|msgpack)(\.index\.json)?"
+)
 _SIZE_UNITS = {
     "B": 1,
     "KB": 10**3,
@@ -99,7 +102,8 @@ def write_checkpoint_directory(
 
     ``state`` maps canonical names to arrays or LazyTensors, in the order to write them;
     ``dtypes`` gives each tensor's output dtype (default: ``output_dtype``). Returns the
-    files written; ``target`` is created, files already there are overwritten.
+    files written; ``target`` is created, files already there are overwritten. Not atomic
+    by itself: callers write into a temporary (``regnet_core.io.atomic_output``).
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -121,6 +125,7 @@ def write_checkpoint_directory(
             write_safetensors(target / file_name, {n: state[n] for n in names}, dtypes, metadata, progress)
             written.append(target / file_name)
             weight_map.update({name: file_name for name in names})
+            crash_point(f"shard-{index}")
         index_data = {"metadata": {"total_size": sum(size for _, size in sizes)}, "weight_map": weight_map}
         (target / INDEX_NAME).write_text(json.dumps(index_data, indent=2, sort_keys=True) + "\n")
         written.append(target / INDEX_NAME)
@@ -139,40 +144,80 @@ def save_checkpoint(
     architecture: str | None = None,
     dtype: str | None = None,
     progress: Callable[[str, int], None] | None = None,
+    overwrite: bool = False,
+    flag: str = "overwrite=True",
 ) -> Path:
-    """Write config and canonical weights into ``directory``; files appear only once all are written.
+    """Write config and canonical weights into ``directory``, which appears complete or not at all.
 
     ``architecture`` (a class name such as "RegNetModel") is recorded as the config's
-    ``architectures``; ``dtype`` casts floating tensors on the way out. Weight files from
-    an earlier save that the new one does not use are removed; other files are kept.
+    ``architectures``; ``dtype`` casts floating tensors on the way out. The checkpoint is
+    built in a hidden sibling and renamed into place whole. A directory that already holds
+    files is replaced only with ``overwrite`` (else OutputExistsError naming ``flag``), and
+    only once the new checkpoint is complete; its files that are no checkpoint's (a README,
+    preprocessor_config.json) are carried into the new directory, the old weights are not.
     """
     if architecture is not None:
         config = config.copy(architectures=[architecture])
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"expected a directory to save into, got the file {directory}")
     parse_size(max_shard_size)  # a bad size is an error before anything is written
-    directory.mkdir(parents=True, exist_ok=True)
+    target = check_destination(directory, overwrite, flag)
     preprocessor = None
-    if (directory / PREPROCESSOR_NAME).is_file():
+    if (target / PREPROCESSOR_NAME).is_file():
         try:
-            preprocessor = json.loads((directory / PREPROCESSOR_NAME).read_text())
+            preprocessor = json.loads((target / PREPROCESSOR_NAME).read_text())
         except (OSError, ValueError):
             preprocessor = None
-    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=directory))
-    try:
-        dtypes = {name: output_dtype(value, dtype) for name, value in state.items()}
+    dtypes = {name: output_dtype(value, dtype) for name, value in state.items()}
+    with atomic_output(target, overwrite=True) as staging:
         written = write_checkpoint_directory(staging, config, state, dtypes, max_shard_size, progress, preprocessor)
-        names = [path.name for path in written]
-        for name in names:
-            os.replace(staging / name, directory / name)
-        for stale in directory.iterdir():
-            is_weights = stale.name in (WEIGHTS_NAME, INDEX_NAME) or _SHARD_PATTERN.fullmatch(stale.name)
-            if is_weights and stale.name not in names:
-                stale.unlink()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if target.is_dir():
+            _carry_over(target, staging, {path.name for path in written})
     return directory
+
+
+def check_destination(directory: str | os.PathLike, overwrite: bool = False, flag: str = "overwrite=True") -> Path:
+    """The real path a checkpoint directory will be saved at; raises unless saving there is allowed.
+
+    A file is refused; a directory that holds anything needs ``overwrite`` (OutputExistsError
+    naming ``flag``). Leftovers of interrupted saves beside it are tidied first.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"expected a directory to save into, got the file {directory}")
+    target = Path(os.path.realpath(directory))  # a symlinked directory is written where it points
+    clean_stale_temporaries(target)
+    if target.is_dir() and not is_empty_directory(target) and not overwrite:
+        raise OutputExistsError(
+            f"{directory} already holds {describe_directory(target)}; pass {flag} to replace it "
+            "(the new checkpoint replaces it only once complete)"
+        )
+    return target
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """True for the names of a transformers checkpoint's own files (config and weights of any framework)."""
+    return name == CONFIG_NAME or bool(_CHECKPOINT_FILE.fullmatch(name))
+
+
+def _carry_over(old: Path, new: Path, written: set[str]) -> None:
+    """Link (or copy) into ``new`` the entries of ``old`` that are no checkpoint file and were not written anew."""
+    for entry in old.iterdir():
+        if entry.name in written or is_checkpoint_file(entry.name) or entry.name.startswith(".saving-"):
+            continue
+        destination = new / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), destination)
+        elif entry.is_dir():
+            shutil.copytree(entry, destination, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, destination)
+
+
+def _link_or_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def describe_directory(directory: Path) -> str:

@@ -18,7 +18,7 @@ from .backends import (
     get_backend,
     resolve_checkpoint,
 )
-from .checkpoint import DEFAULT_MAX_SHARD_SIZE, is_checkpoint_dir, load_checkpoint, save_checkpoint
+from .checkpoint import DEFAULT_MAX_SHARD_SIZE, check_destination, is_checkpoint_dir, load_checkpoint, save_checkpoint
 from .complexity import model_complexity
 from .config import RegNetConfig
 from .formats import FORMAT_NAMES
@@ -188,9 +188,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_init(args: argparse.Namespace) -> int:
     backend = get_backend(args.framework)
     entry = get_entry(args.model)
+    check_destination(args.out, args.overwrite, "--overwrite")  # before the weights are drawn
     config = entry.config()
     model = backend.build(config, with_head=not entry.is_trunk, seed=args.seed)
-    save_checkpoint(args.out, config, backend.to_canonical(model), architecture=architecture_name(not entry.is_trunk))
+    save_checkpoint(
+        args.out,
+        config,
+        backend.to_canonical(model),
+        architecture=architecture_name(not entry.is_trunk),
+        overwrite=args.overwrite,
+        flag="--overwrite",
+    )
     print(f"wrote {args.out} ({entry.name}, {framework_name(args.framework)} initialisation, seed {args.seed})")
     return EXIT_OK
 
@@ -293,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", default="pt", help="pt, tf or flax (default pt)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing DIR (only once the new one is complete)"
+    )
     p.set_defaults(run=_cmd_init)
 
     p = commands.add_parser("logits", help="logits of an NCHW float32 .npy batch")

@@ -13,3 +13,11 @@ class FormatError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint refused because reading it could run code or reach outside its directory; nothing was run."""
+
+
+class OutputError(ValueError):
+    """An output that cannot be written where it was asked for."""
+
+
+class OutputExistsError(OutputError):
+    """The destination exists and replacing it was not asked for (--overwrite / overwrite=True)."""

@@ -1,30 +1,247 @@
-"""Writes that never leave half a file behind: write beside the target, then rename."""
+"""Writes that never leave half an output behind: build beside the target, then rename it into place.
+
+Every output (a file or a whole checkpoint directory) is built in a hidden sibling
+``.<name>.regnet-tmp-<pid>-<token>``, flushed to disk, and renamed onto the target in one
+step; a target that already exists is swapped with the new one atomically where the
+system allows it (Linux ``renameat2(RENAME_EXCHANGE)``), else moved aside to
+``.<name>.regnet-old-<pid>-<token>`` first. A process killed at any point leaves the target
+absent or as it was, and siblings that the next write to the same target recognises (their
+process is gone) and cleans: a moved-aside old target whose replacement never arrived is
+put back, everything else is removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
-import tempfile
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .errors import OutputError, OutputExistsError
+
+__all__ = [
+    "OutputError",
+    "OutputExistsError",
+    "atomic_output",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_text",
+    "clean_stale_temporaries",
+    "crash_point",
+    "is_empty_directory",
+]
+
+TEMPORARY_MARK = ".regnet-tmp-"
+ASIDE_MARK = ".regnet-old-"
+_LEGACY_MARK = ".tmp-"  # earlier versions' ".<name>.tmp-<pid>-<token>" and ".<name>.tmp-<pid>-old-<token>"
+# A test hook: the named point at which the process kills itself with SIGKILL (see crash_point).
+KILL_AT_VARIABLE = "REGNET_TEST_KILL_AT"
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL here when REGNET_TEST_KILL_AT names this point (the crash tests' hook)."""
+    if os.environ.get(KILL_AT_VARIABLE) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_ACTIVE: set[str] = set()  # tokens of this process's writes in progress, never cleaned as stale
+
+
+def _sibling(target: Path, mark: str, token: str, suffix: str = "") -> Path:
+    return target.parent / f".{target.name}{mark}{os.getpid()}-{token}{suffix}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clean_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Tidy what interrupted writes to ``target`` left beside it (only siblings whose process is gone).
+
+    A moved-aside previous target is renamed back when ``target`` is absent (its replacement
+    never arrived), else removed; partial new outputs are removed. Returns what was removed
+    or restored.
+    """
+    target = Path(target)
+    marks = "|".join(re.escape(mark) for mark in (TEMPORARY_MARK, ASIDE_MARK, _LEGACY_MARK))
+    pattern = re.compile(re.escape(f".{target.name}") + f"({marks})(\\d+)-(old-)?([0-9a-f]+)")
+    found: list[tuple[bool, Path]] = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return []
+    for candidate in entries:
+        match = pattern.match(candidate.name)
+        if match is None:
+            continue
+        pid = int(match.group(2))
+        if (pid != os.getpid() and _pid_alive(pid)) or match.group(4) in _ACTIVE:
+            continue  # a write in progress, here or in another live process
+        found.append((match.group(1) == ASIDE_MARK or match.group(3) is not None, candidate))
+    done = []
+    for aside, candidate in sorted(found, key=lambda item: not item[0]):  # moved-aside targets first
+        if aside and not (target.exists() or target.is_symlink()):
+            os.replace(candidate, target)
+        else:
+            _remove(candidate)
+        done.append(candidate)
+    return done
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    function = getattr(_libc(), "renameat2", None) if _libc() is not None else None
+    if function is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = function(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+_LIBC: list[object] = []
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not _LIBC:
+        try:
+            library = ctypes.CDLL(None, use_errno=True)
+            function = library.renameat2
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _LIBC.append(library)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    return _LIBC[0]  # type: ignore[return-value]
+
+
+def _fsync(path: Path, directory: bool) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems cannot (EINVAL); the rename still orders the data on the others
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """Flush a file, or every file and folder under a directory, to disk."""
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        for folder, _, files in os.walk(path):
+            for name in files:
+                if not os.path.islink(os.path.join(folder, name)):
+                    _fsync(Path(folder) / name, directory=False)
+            _fsync(Path(folder), directory=True)
+    elif path.exists():
+        _fsync(path, directory=False)
+
+
+def is_empty_directory(path: Path) -> bool:
+    """True for a directory (not a link to one) with nothing in it."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _move_into_place(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target`` in one step; an existing target is swapped out, then removed."""
+    if not _exists(target):
+        os.replace(new, target)
+        return
+    if _exchange(new, target):
+        crash_point("output-swapped")
+        _remove(new)  # now the previous target
+        return
+    aside = _sibling(target, ASIDE_MARK, uuid.uuid4().hex[:8])
+    os.replace(target, aside)
+    crash_point("output-aside")
+    os.replace(new, target)
+    crash_point("output-swapped")
+    _remove(aside)
+
+
+@contextlib.contextmanager
+def atomic_output(
+    target: str | os.PathLike, overwrite: bool = False, suffix: str = "", flag: str = "--overwrite (overwrite=True)"
+) -> Iterator[Path]:
+    """Yield a temporary sibling path for a file or directory; move it onto ``target`` as a whole on success.
+
+    An existing ``target`` (other than an empty directory) raises OutputExistsError naming
+    ``flag`` unless ``overwrite``; then it is replaced only after the new one is complete
+    and flushed to disk. What earlier interrupted writes left beside ``target`` is tidied
+    first (see clean_stale_temporaries). ``suffix`` ends the temporary's name (for writers
+    that insist on an extension).
+    """
+    target = Path(target)
+    if not target.name or target.name in (".", ".."):
+        target = Path(os.path.abspath(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the folder {target.parent} for {target}: {error.strerror or error}") from None
+    clean_stale_temporaries(target)
+    if _exists(target) and not overwrite and not is_empty_directory(target):
+        raise OutputExistsError(f"{target} already exists; pass {flag} to replace it")
+    token = uuid.uuid4().hex[:8]
+    _ACTIVE.add(token)
+    temporary = _sibling(target, TEMPORARY_MARK, token, suffix)
+    try:
+        yield temporary
+        if not _exists(temporary):
+            raise RuntimeError(f"nothing was written for {target}")
+        crash_point("output-written")
+        fsync_tree(temporary)
+        _move_into_place(temporary, target)
+        _fsync(target.parent, directory=True)
+    finally:
+        if _exists(temporary):
+            _remove(temporary)
+        _ACTIVE.discard(token)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
-    try:
-        yield temporary_path
-        os.replace(temporary_path, target)
-    finally:
-        if temporary_path.exists():
-            temporary_path.unlink()
+    """Yield an empty temporary file beside ``target``; rename it onto ``target`` (replacing it) if the block succeeds."""
+    with atomic_output(target, overwrite=True, suffix=suffix) as temporary:
+        temporary.touch()
+        yield temporary
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
@@ -37,71 +254,3 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], None], suffi
     """Call ``write(temporary_path)`` and move the result onto ``target`` only if it succeeds."""
     with atomic_path(target, suffix) as temporary:
         write(temporary)
-
-
-class OutputExistsError(ValueError):
-    """The destination exists and replacing it was not asked for."""
-
-
-_TEMPORARY_MARK = ".tmp-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_temporaries(target: Path) -> list[Path]:
-    """Remove temporaries that an interrupted write to ``target`` left beside it (their process is gone)."""
-    removed = []
-    for candidate in target.parent.glob(f".{target.name}{_TEMPORARY_MARK}*"):
-        try:
-            pid = int(candidate.name[len(f".{target.name}{_TEMPORARY_MARK}") :].split("-")[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or not _pid_alive(pid):
-            if candidate.is_dir() and not candidate.is_symlink():
-                shutil.rmtree(candidate, ignore_errors=True)
-            else:
-                candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
-
-
-@contextlib.contextmanager
-def atomic_output(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling path for a file or directory; move it onto ``target`` as a whole on success.
-
-    An existing ``target`` raises OutputExistsError unless ``overwrite``; then it is replaced
-    only after the new one is complete. Temporaries of earlier interrupted runs are cleaned.
-    """
-    target = Path(target)
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(target)
-    temporary = target.parent / f".{target.name}{_TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield temporary
-        if not temporary.exists():
-            raise RuntimeError(f"nothing was written for {target}")
-        if target.exists() or target.is_symlink():
-            old = target.parent / f".{target.name}{_TEMPORARY_MARK}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            os.replace(temporary, target)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-        else:
-            os.replace(temporary, target)
-    finally:
-        if temporary.is_dir() and not temporary.is_symlink():
-            shutil.rmtree(temporary, ignore_errors=True)
-        elif temporary.exists():
-            temporary.unlink()

@@ -137,10 +137,15 @@ def save_pretrained(
     variables: Mapping[str, Any],
     directory: str | os.PathLike,
     max_shard_size: int | str = "5GB",
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write config.json and model.safetensors (sharded above ``max_shard_size``) in the transformers layout."""
+    """Write config.json and model.safetensors (sharded above ``max_shard_size``) in the transformers layout, whole.
+
+    A directory that already holds files is replaced only with ``overwrite=True``, once the new one is complete.
+    """
     state = to_canonical((module, dict(variables)))
-    return save_checkpoint(directory, module.config, state, max_shard_size, type(module).__name__)
+    return save_checkpoint(directory, module.config, state, max_shard_size, type(module).__name__, overwrite=overwrite)
 
 
 def _lazy_leaves(tree: Mapping[str, Any]) -> dict[str, Any]:

@@ -110,10 +110,16 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         self._assign_tensors(state_from_canonical(selected, self.spec, with_head=False, context=context, copy=_copy))
         return self
 
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
-        """Write the trunk as a RegNetModel checkpoint; needs every stage built (out_indices reaching the last)."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, max_shard_size: int | str = "5GB", *, overwrite: bool = False
+    ) -> Path:
+        """Write the trunk as a RegNetModel checkpoint; needs every stage built (out_indices reaching the last).
+
+        A directory that already holds files is replaced only with ``overwrite=True``, once the new one is complete.
+        """
         require_whole_trunk(build_model_spec(self.config), self.out_indices, "save the backbone as a trunk checkpoint")
-        return save_checkpoint(directory, self.config, self.canonical_state(), max_shard_size, TRUNK_CLASS)
+        state = self.canonical_state()
+        return save_checkpoint(directory, self.config, state, max_shard_size, TRUNK_CLASS, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- adapter for regnet_core.parity

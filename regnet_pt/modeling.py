@@ -288,9 +288,15 @@ class RegNetPreTrainedModel(nn.Module):
         """The weights as canonical numpy arrays (transformers names and layouts)."""
         return state_to_canonical(self.state_dict())
 
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
-        """Write config.json and model.safetensors (sharded above ``max_shard_size``)."""
-        return save_checkpoint(directory, self.config, self.canonical_state(), max_shard_size, type(self).__name__)
+    def save_pretrained(
+        self, directory: str | os.PathLike, max_shard_size: int | str = "5GB", *, overwrite: bool = False
+    ) -> Path:
+        """Write config.json and model.safetensors (sharded above ``max_shard_size``); the directory appears whole.
+
+        A directory that already holds files is replaced only with ``overwrite=True``, once the new one is complete.
+        """
+        state = self.canonical_state()
+        return save_checkpoint(directory, self.config, state, max_shard_size, type(self).__name__, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(

@@ -141,10 +141,16 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         assign_canonical(self, selected, context=context)
         return self
 
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
-        """Write the trunk as a RegNetModel checkpoint; needs every stage built (out_indices reaching the last)."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, max_shard_size: int | str = "5GB", *, overwrite: bool = False
+    ) -> Path:
+        """Write the trunk as a RegNetModel checkpoint; needs every stage built (out_indices reaching the last).
+
+        A directory that already holds files is replaced only with ``overwrite=True``, once the new one is complete.
+        """
         require_whole_trunk(build_model_spec(self.config), self._out_indices, "save the backbone as a trunk checkpoint")
-        return save_checkpoint(directory, self.config, self.canonical_state(), max_shard_size, TRUNK_CLASS)
+        state = self.canonical_state()
+        return save_checkpoint(directory, self.config, state, max_shard_size, TRUNK_CLASS, overwrite=overwrite)
 
     # -------------------------------------------------------------- Keras serialisation
     def get_config(self) -> dict[str, Any]:

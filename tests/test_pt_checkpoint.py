@@ -60,8 +60,8 @@ def test_sharded_save_writes_an_index_and_loads_back(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x).logits, loaded(x).logits)
-    # saving again unsharded removes the stale shards and index
-    model.save_pretrained(tmp_path)
+    # saving again unsharded (overwrite=True) removes the stale shards and index
+    model.save_pretrained(tmp_path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.json",
         "model.safetensors",
@@ -134,7 +134,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
 
     monkeypatch.setattr(regnet_core.checkpoint, "write_safetensors", broken)
     with pytest.raises(OSError, match="disk full"):
-        _model(seed=1).save_pretrained(tmp_path)
+        _model(seed=1).save_pretrained(tmp_path, overwrite=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
