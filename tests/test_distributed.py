@@ -127,3 +127,27 @@ def test_sync_batchnorm_conversion_keeps_tensors_layout_names_and_single_process
     synced.sync_batchnorm(False)
     assert not any(isinstance(module, SyncBatchNorm2d) for module in synced.modules())
     assert all(synced.state_dict(keep_vars=True)[name] is tensors_before[name] for name in tensors_before)
+
+
+# ----------------------------------------------------------------------------- Flax
+
+
+def _check_flax(result: dict) -> None:
+    assert result["devices"] == 8
+    for form in ("sharded_jit", "shard_map_axis_name"):
+        assert_equal_to_one_device(result[form], f"Flax, {form}")
+        assert result[form]["loss"] == pytest.approx(result["single_loss"], rel=1e-6)
+    assert result["sharded_jit"]["batch_sharded"]
+
+
+@requires("jax")
+def test_flax_data_parallel_over_8_host_devices_equals_one_device():
+    _check_flax(run_worker("flax_sharded"))
+
+
+@pytest.mark.slow
+@requires("jax")
+def test_flax_shard_map_without_axis_name_differs_from_one_device():
+    result = run_worker("flax_sharded", "--unsynced")
+    _check_flax(result)
+    assert_differs_from_one_device(result["shard_map_unsynced"], "Flax shard_map, per-device BatchNorm")
