@@ -144,4 +144,24 @@ def _convert(norm: nn.BatchNorm2d, cls: type[nn.BatchNorm2d], **kwargs: Any) -> 
     return converted.train(norm.training)
 
 
-__all__ = ["SyncBatchNorm2d", "all_reduce_sum", "convert_sync_batchnorm", "revert_sync_batchnorm"]
+def fully_shard_blocks(model: nn.Module, **fsdp_options: Any) -> nn.Module:
+    """Shard ``model`` with FSDP (``torch.distributed.fsdp.fully_shard``) in the plan's units; returns it.
+
+    Every residual block is one unit (gathered whole while it runs), the stem and head are the
+    root's; parameters are split along their first axis (output channels) over the mesh, as
+    regnet_core.sharding plans. ``fsdp_options`` go to every ``fully_shard`` call (``mesh``,
+    ``mp_policy``, ``reshard_after_forward``, ...). Works on a meta-device model too.
+    FSDP takes contiguous parameters only, so the weights leave channels_last first.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    from .modeling import Bottleneck
+
+    model.to(memory_format=torch.contiguous_format)
+    for block in [module for module in model.modules() if isinstance(module, Bottleneck)]:
+        fully_shard(block, **fsdp_options)
+    fully_shard(model, **fsdp_options)
+    return model
+
+
+__all__ = ["SyncBatchNorm2d", "all_reduce_sum", "convert_sync_batchnorm", "fully_shard_blocks", "revert_sync_batchnorm"]

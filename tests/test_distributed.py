@@ -80,13 +80,15 @@ def test_keras_fit_under_mirrored_strategy_with_a_keras_loss_equals_fit_on_one_d
 
 
 @requires("torch")
-def test_ddp_with_sync_batchnorm_over_two_gloo_processes_equals_one_process():
+def test_ddp_and_fsdp_with_sync_batchnorm_over_two_gloo_processes_equal_one_process():
     result = run_worker("pt_ddp")
     assert result["processes"] == 2
     assert_equal_to_one_device(result["synced"], "DDP with sync_batchnorm()")
     assert result["synced"]["between_processes"] == 0.0  # DDP keeps replicas (and synced statistics) identical
     assert result["synced"]["loss"] == pytest.approx(result["single_loss"], rel=1e-6)
     assert_differs_from_one_device(result["unsynced"], "DDP with per-process BatchNorm")
+    assert_equal_to_one_device(result["fsdp"], "FSDP (fully_shard_blocks) with sync_batchnorm()")
+    assert result["fsdp"]["between_processes"] == 0.0
 
 
 @requires("torch")

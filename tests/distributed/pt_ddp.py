@@ -1,4 +1,9 @@
-"""DistributedDataParallel over 2 gloo processes on CPU against one process, same global batches."""
+"""DistributedDataParallel (and FSDP) over 2 gloo processes on CPU against one process, same global batches.
+
+Variants: DDP with synchronised BatchNorm, DDP without (each process normalises its own
+share), and FSDP (``fully_shard`` per block, regnet_pt.distributed.fully_shard_blocks) with
+synchronised BatchNorm.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from torch import multiprocessing
 from torch.nn.parallel import DistributedDataParallel
 
 from regnet_pt import backend as pt_backend
+from regnet_pt.distributed import fully_shard_blocks
+from regnet_pt.weights import state_to_canonical
 from tests.distributed.common import (
     GLOBAL_BATCH,
     LEARNING_RATE,
@@ -26,7 +33,7 @@ from tests.distributed.common import (
 )
 
 WORLD_SIZE = 2
-VARIANTS = ("synced", "unsynced")
+VARIANTS = ("synced", "unsynced", "fsdp")
 
 
 def train(model: torch.nn.Module, shard: slice = slice(None)) -> list[float]:
@@ -56,10 +63,17 @@ def worker(rank: int, port: int, directory: str) -> None:
         shard = slice(rank * per_process, (rank + 1) * per_process)
         for variant in VARIANTS:
             model = pt_backend.from_canonical(config, initial_state(config)).train()
-            if variant == "synced":
+            if variant != "unsynced":
                 model.sync_batchnorm()
-            losses = train(DistributedDataParallel(model), shard)
-            state = pt_backend.to_canonical(model)
+            if variant == "fsdp":
+                losses = train(fully_shard_blocks(model), shard)
+            else:
+                losses = train(DistributedDataParallel(model), shard)
+            # FSDP holds DTensor pieces: gather each whole (a collective every process joins)
+            state = {
+                name: getattr(value, "full_tensor", lambda v=value: v)() for name, value in model.state_dict().items()
+            }
+            state = state_to_canonical(state)
             np.savez(Path(directory) / f"{variant}-{rank}.npz", losses=np.array(losses), **state)
     finally:
         dist.destroy_process_group()
