@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsafeCheckpointError
 from .base import ForeignCheckpoint, Format, WriteRequest
 
 # --from / --to name -> module; the order is the order `regnet convert --help` lists them.
@@ -106,8 +106,9 @@ def detect_format(path: str | Path) -> tuple[Format, list[str]]:
         f"{name} {score:.0%}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]) if score > 0
     )
     detail = f" (share of names each format knows: {partial})" if partial else ""
-    if not scores and raised and len(set(errors.values())) == 1 and isinstance(raised[0], ValueError):
-        raise raised[0]  # every format that could hold it failed on the file itself, for the same reason
+    unsafe = [error for error in raised if isinstance(error, UnsafeCheckpointError)]
+    if unsafe and not scores:
+        raise unsafe[0]  # refused for safety (a pickle asking for code, a link out): say that, not "cannot tell"
     by_message: dict[str, list[str]] = {}
     for name, message in errors.items():
         by_message.setdefault(message, []).append(name)
