@@ -23,17 +23,15 @@ Each backend package has a ``backend`` module with:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
 from .config import RegNetConfig
 from .hub import looks_like_hub_id
 from .specs import build_model_spec
-from .weights import BASE_PREFIX, random_state
+from .weights import random_state, state_has_head  # noqa: F401 (state_has_head: part of this interface)
 from .zoo import get_entry
 
 FRAMEWORKS = ("pt", "tf", "flax")
@@ -67,11 +65,6 @@ def get_backend(name: str) -> ModuleType:
         ) from None
     except ImportError as error:  # installed but unusable (e.g. Keras bound to another backend)
         raise BackendUnavailableError(f"the {key} backend cannot be used: {error}") from None
-
-
-def state_has_head(state: Mapping[str, Any]) -> bool:
-    """True for RegNetForImageClassification weights (names under ``regnet.``)."""
-    return any(name.startswith(BASE_PREFIX) for name in state)
 
 
 TRUNK_CLASS, CLASSIFIER_CLASS = "RegNetModel", "RegNetForImageClassification"

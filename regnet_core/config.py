@@ -11,11 +11,11 @@ from typing import Any
 
 from .design import QUANTUM, design_stages, stage_geometry
 from .io import atomic_write_text
+from .rules import ACTIVATIONS  # hidden_act names and what each means are defined once, there
 
 MODEL_TYPE = "regnet"
 CONFIG_NAME = "config.json"
 LAYER_TYPES = ("x", "y")
-ACTIVATIONS = ("relu", "silu", "swish", "gelu", "tanh", "sigmoid")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 DEFAULT_SE_RATIO = 0.25
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .config import PROBLEM_TYPES
 
@@ -100,3 +103,57 @@ def _product(values: Sequence[int]) -> int:
     for value in values:
         total *= value
     return total
+
+
+# ----------------------------------------------------------------------------- the loss for labels
+# Chosen here once for every backend, as transformers' ForSequenceClassificationLoss chooses;
+# a backend only calls its framework's function for the choice.
+
+IGNORE_INDEX = -100  # cross-entropy leaves these targets out (PyTorch's default; transformers relies on it)
+INTEGER_LABEL_DTYPES = ("int32", "int64")  # only these are class indices (transformers: torch.long, torch.int)
+MSE, CROSS_ENTROPY, BCE_WITH_LOGITS = "mse", "cross_entropy", "binary_cross_entropy_with_logits"
+
+
+@dataclass(frozen=True)
+class LossChoice:
+    """The loss a batch of labels gets, each a mean over the batch.
+
+    ``function``: MSE, CROSS_ENTROPY (logits as (-1, num_labels), labels flattened, targets
+    equal to ``ignore_index`` left out of sum and count) or BCE_WITH_LOGITS (labels as floats).
+    ``squeeze``: regression with one label flattens logits and labels alike.
+    """
+
+    problem_type: str
+    function: str
+    squeeze: bool = False
+    ignore_index: int | None = None
+
+
+def labels_are_integers(dtype_name: str) -> bool:
+    """True when labels of this dtype ("int64", "torch.int32", ...) are class indices: int32 and int64 only."""
+    return str(dtype_name).rsplit(".", 1)[-1] in INTEGER_LABEL_DTYPES
+
+
+def choose_loss(
+    problem_type: str | None,
+    num_labels: int,
+    labels_dtype: str,
+    labels_shape: Sequence[int | None],
+    batch: int | None,
+) -> LossChoice:
+    """The loss for labels of this dtype and shape (problem type resolved, shape checked: ValueError names a misfit)."""
+    resolved = resolve_problem_type(problem_type, num_labels, labels_are_integers(labels_dtype))
+    check_labels(resolved, labels_shape, batch, num_labels)
+    if resolved == "regression":
+        return LossChoice(resolved, MSE, squeeze=num_labels == 1)
+    if resolved == "single_label_classification":
+        return LossChoice(resolved, CROSS_ENTROPY, ignore_index=IGNORE_INDEX)
+    return LossChoice(resolved, BCE_WITH_LOGITS)
+
+
+def check_class_targets(targets: Any, num_labels: int) -> None:
+    """Raise ValueError unless every single-label target is in [0, num_labels) or IGNORE_INDEX."""
+    values = np.asarray(targets)
+    bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= num_labels))]
+    if bad.size:
+        raise ValueError(f"single-label targets must be in [0, {num_labels}) or {IGNORE_INDEX}, got {bad[:5].tolist()}")

@@ -8,7 +8,7 @@ therefore already canonical. Backends map this table to their own names and layo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,6 +352,15 @@ def add_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 HEAD_PREFIX = "classifier."
 
 
+def state_has_head(names: Iterable[str]) -> bool:
+    """True for RegNetForImageClassification weights (trunk names under ``regnet.``), False for RegNetModel's.
+
+    A classifier without labels (num_labels 0) has no classifier tensors but still counts:
+    its trunk is nested as in any RegNetForImageClassification.
+    """
+    return any(name.startswith(BASE_PREFIX) for name in names)
+
+
 def prepare_state(
     state: Mapping[str, np.ndarray],
     spec: ModelSpec,
@@ -368,7 +377,7 @@ def prepare_state(
     that does not fit raises CheckpointMismatchError listing every problem.
     """
     table = parameter_table(spec, with_head)
-    has_prefix = any(name.startswith(BASE_PREFIX) for name in state)
+    has_prefix = state_has_head(state)
     if with_head and not has_prefix:
         state = add_prefix(state)
     elif not with_head and has_prefix:

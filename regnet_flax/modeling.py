@@ -38,7 +38,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from regnet_core.config import RegNetConfig
-from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, resolve_problem_type
+from regnet_core.outputs import (
+    CROSS_ENTROPY,
+    MSE,
+    ModelOutput,
+    check_class_targets,
+    check_pixel_values,
+    choose_loss,
+)
+from regnet_core.rules import (
+    CLASSIFIER_WEIGHT_STD,
+    GELU,
+    RELU,
+    SE_ACTIVATION,
+    SE_GATE,
+    SIGMOID,
+    SILU,
+    TANH,
+)
+from regnet_core.rules import activation_function as activation_kind
 from regnet_core.specs import BlockSpec, ModelSpec, StageSpec, build_model_spec
 from regnet_core.weights import block_module_names
 
@@ -46,31 +64,26 @@ from .grouped_conv import grouped_conv
 from .weights import native_module_path
 
 # pycls initialisation (DESIGN decision 8): He-normal with fan-out = k * k * out_channels
-# (Flax computes fan-out of an HWIO kernel the same way, groups or not), classifier N(0, 0.01).
+# (Flax computes fan-out of an HWIO kernel the same way, groups or not); the classifier's
+# standard deviation comes from the core's rules.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-classifier_kernel_init = nn.initializers.normal(stddev=0.01)
+classifier_kernel_init = nn.initializers.normal(stddev=CLASSIFIER_WEIGHT_STD)
 
-# PyTorch's CrossEntropyLoss ignores this target value (transformers relies on it for padding).
-IGNORE_INDEX = -100
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    # PyTorch's nn.GELU is the exact erf form; jax.nn.gelu defaults to the tanh approximation.
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
+# JAX's function for each activation the core's rules name.
+_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    RELU: jax.nn.relu,
+    SILU: jax.nn.silu,
+    # The exact erf form; jax.nn.gelu defaults to the tanh approximation.
+    GELU: functools.partial(jax.nn.gelu, approximate=False),
+    TANH: jnp.tanh,
+    SIGMOID: jax.nn.sigmoid,
 }
 
 
 def activation_function(name: str | None) -> Callable[[jax.Array], jax.Array]:
-    """The activation for a config's hidden_act (identity for None)."""
-    if name is None:
-        return lambda x: x
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
+    """The activation for a config's hidden_act (identity for None); unknown names raise ValueError."""
+    kind = activation_kind(name)
+    return (lambda x: x) if kind is None else _FUNCTIONS[kind]
 
 
 def register_output_pytree(output_class: type[ModelOutput] = ModelOutput) -> None:
@@ -166,6 +179,8 @@ class BatchNorm(nn.Module):
     With ``axis_name`` the statistics are averaged over that mapped axis (cross-device BN).
     Statistics and the normalisation are float32 whatever the input; the output is ``dtype``
     (None: the input's). Inference is one fused per-channel scale and shift.
+    ``features`` is the channel count, which the model's layers take from the specs (an input
+    with other channels raises ValueError); None (standalone use) takes the input's.
     """
 
     momentum: float = 0.9
@@ -174,11 +189,12 @@ class BatchNorm(nn.Module):
     zero_init_scale: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    features: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Normalise ``x`` with batch statistics (``train``) or the running ones."""
-        features = x.shape[-1]
+        features = _expect_channels(x, self.features, "BatchNorm")
         out_dtype = x.dtype if self.dtype is None else self.dtype
         scale_init = nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones
         scale = self.param("scale", scale_init, (features,), self.param_dtype).astype(jnp.float32)
@@ -248,6 +264,7 @@ class ConvNormAct(nn.Module):
             name="convolution",
         )(x)
         x = BatchNorm(
+            features=self.features,
             momentum=1.0 - self.spec.bn_momentum,  # the spec keeps PyTorch's convention
             epsilon=self.spec.bn_eps,
             axis_name=self.axis_name,
@@ -260,8 +277,12 @@ class ConvNormAct(nn.Module):
 
 
 class SqueezeExcitation(nn.Module):
-    """Squeeze-and-excitation: global pool, 1x1 conv down, ReLU, 1x1 conv up, sigmoid gate."""
+    """Squeeze-and-excitation: global pool, 1x1 conv down, ReLU, 1x1 conv up, sigmoid gate.
 
+    Both widths come from the block's spec: ``channels`` (the bottleneck width it gates) and ``se_width``.
+    """
+
+    channels: int
     se_width: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -269,12 +290,20 @@ class SqueezeExcitation(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Gate the channels of ``x`` by its pooled attention."""
+        _expect_channels(x, self.channels, "SqueezeExcitation")
         conv = functools.partial(Conv, kernel_size=1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
         pooled = jnp.mean(x, axis=(1, 2), keepdims=True, dtype=jnp.float32)
         attention = conv(self.se_width, name=_child_name("attention.0"))(pooled)
-        attention = jax.nn.relu(attention)  # always ReLU, whatever hidden_act (paper, pycls, transformers)
-        attention = conv(x.shape[-1], name=_child_name("attention.2"))(attention)
-        return x * jax.nn.sigmoid(attention).astype(x.dtype)
+        attention = _FUNCTIONS[SE_ACTIVATION](attention)  # whatever hidden_act (core rules)
+        attention = conv(self.channels, name=_child_name("attention.2"))(attention)
+        return x * _FUNCTIONS[SE_GATE](attention).astype(x.dtype)
+
+
+def _expect_channels(x: jax.Array, channels: int | None, layer: str) -> int:
+    """The channel count of an NHWC input: ``channels`` from the specs, checked against the input (None: the input's)."""
+    if channels is not None and x.shape[-1] != channels:
+        raise ValueError(f"{layer} expects {channels} channels (from the specs), got input of shape {tuple(x.shape)}")
+    return x.shape[-1] if channels is None else channels
 
 
 class Bottleneck(nn.Module):
@@ -310,7 +339,9 @@ class Bottleneck(nn.Module):
             name=names["b"],
         )(hidden, train)
         if block.has_se:
-            hidden = SqueezeExcitation(block.se_width, self.dtype, self.param_dtype, name=names["se"])(hidden)
+            hidden = SqueezeExcitation(
+                block.bottleneck_width, block.se_width, self.dtype, self.param_dtype, name=names["se"]
+            )(hidden)
         hidden = conv_norm(block.width, 1, zero_init_scale=self.zero_init_last_bn, name=names["c"])(hidden, train)
         return activation_function(spec.activation)(hidden + residual.astype(hidden.dtype))
 
@@ -490,40 +521,31 @@ class RegNetForImageClassification(nn.Module):
         return from_pretrained(directory, with_head=True, **kwargs)
 
 
-def _is_integer_labels(labels: Any) -> bool:
-    # transformers (and so regnet_pt) treat only int32 / int64 labels as class indices.
-    return np.dtype(labels.dtype) in (np.dtype(np.int32), np.dtype(np.int64))
-
-
 def compute_loss(logits: jax.Array, labels: Any, config: RegNetConfig) -> jax.Array:
-    """Regression (MSE), single-label (cross-entropy) or multi-label (BCE with logits) mean loss, as transformers."""
+    """The mean loss the core's rule chooses for ``labels``: MSE, cross-entropy or BCE with logits, as transformers."""
     if not hasattr(labels, "dtype"):
         labels = jnp.asarray(labels)
     num_labels = config.num_labels
-    problem_type = resolve_problem_type(config.problem_type, num_labels, _is_integer_labels(labels))
-    check_labels(problem_type, tuple(labels.shape), logits.shape[0], num_labels)
+    choice = choose_loss(
+        config.problem_type, num_labels, np.dtype(labels.dtype).name, tuple(labels.shape), logits.shape[0]
+    )
     labels = jnp.asarray(labels)
-    if problem_type == "regression":
-        if num_labels == 1:
-            return jnp.mean(jnp.square(jnp.squeeze(logits) - jnp.squeeze(labels).astype(logits.dtype)))
+    if choice.function == MSE:
+        if choice.squeeze:
+            return jnp.mean(jnp.square(jnp.ravel(logits) - jnp.ravel(labels).astype(logits.dtype)))
         return jnp.mean(jnp.square(logits - labels.astype(logits.dtype)))
-    if problem_type == "single_label_classification":
-        return _cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+    if choice.function == CROSS_ENTROPY:
+        return _cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1), choice.ignore_index)
     return _binary_cross_entropy_with_logits(logits, labels.astype(logits.dtype))
 
 
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean cross-entropy over the targets that are not IGNORE_INDEX (PyTorch's default)."""
+def _cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int) -> jax.Array:
+    """Mean cross-entropy over the targets that are not ``ignore_index``."""
     if not isinstance(labels, jax.core.Tracer):
         # Values are only known outside jit; PyTorch raises here too, jnp would silently clamp.
-        values = np.asarray(labels)
-        bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= logits.shape[-1]))]
-        if bad.size:
-            raise ValueError(
-                f"single-label targets must be in [0, {logits.shape[-1]}) or {IGNORE_INDEX}, got {bad[:5].tolist()}"
-            )
+        check_class_targets(labels, logits.shape[-1])
     labels = labels.astype(jnp.int32)
-    valid = labels != IGNORE_INDEX
+    valid = labels != ignore_index
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[:, None], axis=-1)[:, 0]
     return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.sum(valid)

@@ -25,7 +25,7 @@ from regnet_core.io import atomic_write
 from regnet_core.msgpack_io import nest, read_msgpack, write_msgpack
 from regnet_core.specs import build_model_spec
 from regnet_core.tensors import LazyTensor, dtype_name, from_storage
-from regnet_core.weights import BASE_PREFIX, HEAD_PREFIX
+from regnet_core.weights import HEAD_PREFIX, state_has_head
 
 from .modeling import (
     RegNetForImageClassification,
@@ -35,7 +35,7 @@ from .modeling import (
     has_head,
     model_class,
 )
-from .weights import PARAMS, check_native, fit_native_head, from_native, native_module_path, to_native
+from .weights import PARAMS, check_native, fit_native_head, from_native, native_module_path, to_native, tree_has_head
 
 Variables = dict[str, Any]
 FlaxModel = tuple[RegNetModel | RegNetForImageClassification, Variables]
@@ -126,7 +126,7 @@ def from_pretrained(
     """
     config, state = load_pretrained(source, format, config, **config_changes)
     if with_head is None:
-        with_head = reinit_head or any(name.startswith(BASE_PREFIX) for name in state)
+        with_head = reinit_head or state_has_head(state)
     return from_canonical(
         config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {source}", dtype=dtype
     )
@@ -194,8 +194,7 @@ def load_native(
         raise CheckpointError(f"{path} holds values that are not arrays ({found}); expected Flax variables only")
     variables: Any = nest(contents.tensors)
     if with_head is None:
-        params = variables.get(PARAMS)
-        with_head = isinstance(params, dict) and BASE_PREFIX.rstrip(".") in params
+        with_head = tree_has_head(variables)
     variables = fit_native_head(variables, with_head)
     check_native(variables, build_model_spec(config), with_head, context=f"in {path}")
     return model_class(with_head)(config, dtype=canonical_dtype(dtype)), jax.tree_util.tree_map(_device_leaf, variables)

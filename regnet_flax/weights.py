@@ -124,6 +124,12 @@ def _check_flat(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]
         raise CheckpointMismatchError(missing, unexpected, mismatched, context)
 
 
+def tree_has_head(variables: Any) -> bool:
+    """True for a RegNetForImageClassification variables tree (the trunk nested under ``regnet``), as core's state_has_head."""
+    params = variables.get(PARAMS) if isinstance(variables, Mapping) else None
+    return isinstance(params, Mapping) and BASE_PREFIX.rstrip(".") in params
+
+
 def fit_native_head(variables: Any, with_head: bool) -> Any:
     """Fit a variables tree's trunk / classifier nesting to the model, as core's prepare_state does for names.
 
@@ -132,7 +138,7 @@ def fit_native_head(variables: Any, with_head: bool) -> Any:
     """
     trunk = BASE_PREFIX.rstrip(".")
     params = variables.get(PARAMS) if isinstance(variables, Mapping) else None
-    if not isinstance(params, Mapping) or (trunk in params) == with_head:
+    if not isinstance(params, Mapping) or tree_has_head(variables) == with_head:
         return variables
     if with_head:
         return {collection: {trunk: tree} for collection, tree in variables.items()}

@@ -26,24 +26,44 @@ from torch.nn import functional as F
 from regnet_core.checkpoint import save_checkpoint
 from regnet_core.config import RegNetConfig
 from regnet_core.convert import load_pretrained
-from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, resolve_problem_type
+from regnet_core.outputs import CROSS_ENTROPY, MSE, ModelOutput, check_pixel_values, choose_loss
+from regnet_core.rules import (
+    CLASSIFIER_BIAS,
+    CLASSIFIER_WEIGHT_STD,
+    GELU,
+    RELU,
+    SE_ACTIVATION,
+    SE_GATE,
+    SIGMOID,
+    SILU,
+    TANH,
+)
+from regnet_core.rules import activation_function as activation_kind
 from regnet_core.specs import BlockSpec, ModelSpec, build_model_spec
 
 from .weights import state_from_canonical, state_to_canonical
 
-_ACTIVATIONS = {
-    "relu": lambda: nn.ReLU(inplace=True),
-    "silu": lambda: nn.SiLU(inplace=True),
-    "swish": lambda: nn.SiLU(inplace=True),
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
+# PyTorch's module for each activation the core's rules name.
+_MODULES = {
+    RELU: lambda: nn.ReLU(inplace=True),
+    SILU: lambda: nn.SiLU(inplace=True),
+    GELU: nn.GELU,  # approximate="none": the exact erf form
+    TANH: nn.Tanh,
+    SIGMOID: nn.Sigmoid,
 }
 
 
 def make_activation(name: str | None) -> nn.Module:
-    """The activation module for a config's hidden_act (identity for None)."""
-    return nn.Identity() if name is None else _ACTIVATIONS[name]()
+    """The activation module for a config's hidden_act (identity for None); unknown names raise ValueError."""
+    kind = activation_kind(name)
+    return nn.Identity() if kind is None else _MODULES[kind]()
+
+
+@torch.no_grad()
+def _init_classifier(linear: nn.Linear) -> None:
+    """The core's classifier initialisation (pycls): weights N(0, CLASSIFIER_WEIGHT_STD^2), bias CLASSIFIER_BIAS."""
+    linear.weight.normal_(0.0, CLASSIFIER_WEIGHT_STD)
+    linear.bias.fill_(CLASSIFIER_BIAS)
 
 
 class ConvNormAct(nn.Module):
@@ -145,9 +165,9 @@ class SqueezeExcitation(nn.Module):
         self.pooler = nn.AdaptiveAvgPool2d((1, 1))
         self.attention = nn.Sequential(
             nn.Conv2d(channels, se_width, kernel_size=1),
-            nn.ReLU(inplace=True),
+            _MODULES[SE_ACTIVATION](),  # whatever hidden_act (core rules)
             nn.Conv2d(se_width, channels, kernel_size=1),
-            nn.Sigmoid(),
+            _MODULES[SE_GATE](),
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
@@ -276,8 +296,7 @@ class RegNetPreTrainedModel(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
             elif isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, 0.01)
-                module.bias.zero_()
+                _init_classifier(module)
         if zero_init_last_bn:
             for module in self.modules():
                 if isinstance(module, Bottleneck):
@@ -433,8 +452,7 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
         device = next(self.regnet.parameters()).device
         linear = self._new_linear().to(device)
         if isinstance(linear, nn.Linear):
-            linear.weight.normal_(0.0, 0.01)
-            linear.bias.zero_()
+            _init_classifier(linear)
         self.classifier[1] = linear
 
     def forward(
@@ -452,16 +470,17 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Regression (MSE), single-label (cross-entropy) or multi-label (BCE with logits)."""
+        """The loss the core's rule chooses: regression (MSE), single-label (cross-entropy) or multi-label (BCE)."""
         num_labels = self.config.num_labels
-        problem_type = resolve_problem_type(
-            self.config.problem_type, num_labels, labels.dtype in (torch.int64, torch.int32)
+        choice = choose_loss(
+            self.config.problem_type, num_labels, str(labels.dtype), tuple(labels.shape), logits.shape[0]
         )
-        check_labels(problem_type, tuple(labels.shape), logits.shape[0], num_labels)
-        if problem_type == "regression":
-            if num_labels == 1:
+        if choice.function == MSE:
+            if choice.squeeze:
                 return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
             return F.mse_loss(logits, labels.to(logits.dtype))
-        if problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long())
+        if choice.function == CROSS_ENTROPY:
+            return F.cross_entropy(
+                logits.view(-1, num_labels), labels.view(-1).long(), ignore_index=choice.ignore_index
+            )
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

@@ -43,7 +43,19 @@ from tensorflow.python.eager import record
 from regnet_core.checkpoint import save_checkpoint
 from regnet_core.config import RegNetConfig
 from regnet_core.convert import load_pretrained
-from regnet_core.outputs import ModelOutput, check_labels, check_pixel_values, resolve_problem_type
+from regnet_core.outputs import CROSS_ENTROPY, MSE, ModelOutput, check_pixel_values, choose_loss
+from regnet_core.rules import (
+    CLASSIFIER_BIAS,
+    CLASSIFIER_WEIGHT_STD,
+    GELU,
+    RELU,
+    SE_ACTIVATION,
+    SE_GATE,
+    SIGMOID,
+    SILU,
+    TANH,
+)
+from regnet_core.rules import activation_function as activation_kind
 from regnet_core.specs import BlockSpec, ModelSpec, StageSpec, build_model_spec
 
 from . import KerasBackendError
@@ -55,16 +67,13 @@ if keras.config.backend() != "tensorflow":  # regnet_tf/__init__ sets it; someon
         f"regnet_tf needs Keras on the 'tensorflow' backend, but keras loaded on {keras.config.backend()!r}"
     )
 
-# PyTorch's CrossEntropyLoss skips targets equal to its default ignore_index; so do we.
-IGNORE_INDEX = -100
-
-_ACTIVATIONS = {
-    "relu": tf.nn.relu,
-    "silu": tf.nn.silu,
-    "swish": tf.nn.silu,
-    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
-    "tanh": tf.math.tanh,
-    "sigmoid": tf.math.sigmoid,
+# TensorFlow's function for each activation the core's rules name.
+_FUNCTIONS = {
+    RELU: tf.nn.relu,
+    SILU: tf.nn.silu,
+    GELU: lambda x: tf.nn.gelu(x, approximate=False),  # the exact erf form
+    TANH: tf.math.tanh,
+    SIGMOID: tf.math.sigmoid,
 }
 
 
@@ -89,8 +98,9 @@ register_outputs_with_keras_tree(ModelOutput)
 
 
 def activation_function(name: str | None) -> Any:
-    """The TensorFlow function for a config's hidden_act (identity for None)."""
-    return tf.identity if name is None else _ACTIVATIONS[name]
+    """The TensorFlow function for a config's hidden_act (identity for None); unknown names raise ValueError."""
+    kind = activation_kind(name)
+    return tf.identity if kind is None else _FUNCTIONS[kind]
 
 
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16"}
@@ -384,8 +394,8 @@ class SqueezeExcitation(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         squeezed = tf.cast(tf.reduce_mean(tf.cast(inputs, tf.float32), axis=[1, 2], keepdims=True), inputs.dtype)
-        # Always ReLU inside SE, whatever hidden_act is (as transformers and pycls).
-        gate = tf.math.sigmoid(self.expand(tf.nn.relu(self.reduce(squeezed))))
+        # The SE activation and gate are fixed by the core's rules, whatever hidden_act is.
+        gate = _FUNCTIONS[SE_GATE](self.expand(_FUNCTIONS[SE_ACTIVATION](self.reduce(squeezed))))
         return inputs * gate
 
 
@@ -529,23 +539,23 @@ def check_input(pixel_values: tf.Tensor, num_channels: int) -> None:
 
 
 def labels_loss(logits: tf.Tensor, labels: tf.Tensor, num_labels: int, problem_type: str | None = None) -> tf.Tensor:
-    """The loss transformers' PyTorch RegNet computes for ``labels`` (chosen by problem_type).
+    """The loss transformers' PyTorch RegNet computes for ``labels``, as the core's rule chooses it.
 
-    Regression: MSE (both sides squeezed when num_labels is 1); single-label: mean
-    cross-entropy over targets other than -100; multi-label: mean BCE with logits.
+    Regression: MSE (both sides flattened when num_labels is 1); single-label: mean
+    cross-entropy over targets other than the ignored index (-100); multi-label: mean BCE with logits.
     """
     labels = tf.convert_to_tensor(labels)
-    is_integer = labels.dtype in (tf.int32, tf.int64)
-    problem_type = resolve_problem_type(problem_type, num_labels, is_integer)
-    check_labels(problem_type, tuple(labels.shape.as_list()), logits.shape[0], num_labels)
-    if problem_type == "regression":
+    choice = choose_loss(
+        problem_type, num_labels, tf.as_dtype(labels.dtype).name, tuple(labels.shape.as_list()), logits.shape[0]
+    )
+    if choice.function == MSE:
         labels = tf.cast(labels, logits.dtype)
-        if num_labels == 1:
+        if choice.squeeze:
             return tf.reduce_mean(tf.square(tf.reshape(logits, [-1]) - tf.reshape(labels, [-1])))
         return tf.reduce_mean(tf.square(logits - labels))
-    if problem_type == "single_label_classification":
+    if choice.function == CROSS_ENTROPY:
         targets = tf.reshape(tf.cast(labels, tf.int64), [-1])
-        keep = tf.not_equal(targets, IGNORE_INDEX)
+        keep = tf.not_equal(targets, choice.ignore_index)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.where(keep, targets, tf.zeros_like(targets)), logits=tf.reshape(logits, [-1, num_labels])
         )
@@ -915,8 +925,10 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
         self.classifier = (
             keras.layers.Dense(
                 head.num_labels,
-                kernel_initializer="zeros" if _skip_init else keras.initializers.RandomNormal(0.0, 0.01),
-                bias_initializer="zeros",
+                kernel_initializer="zeros"
+                if _skip_init
+                else keras.initializers.RandomNormal(0.0, CLASSIFIER_WEIGHT_STD),
+                bias_initializer=keras.initializers.Constant(CLASSIFIER_BIAS),
                 name=native.CLASSIFIER,
                 dtype=self.dtype_policy,
             )
