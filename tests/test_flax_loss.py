@@ -68,7 +68,7 @@ def test_loss_comes_with_the_outputs_when_labels_are_given():
     labels = jnp.array([0, 1, 4])
     out = jax.jit(module.apply)(variables, images, labels=labels)
     assert list(out) == ["loss", "logits", "last_hidden_state", "pooler_output"]
-    expected = F.cross_entropy(torch.from_numpy(np.asarray(out.logits)), torch.tensor([0, 1, 4]))
+    expected = F.cross_entropy(torch.from_numpy(np.array(out.logits)), torch.tensor([0, 1, 4]))
     assert float(out.loss) == pytest.approx(float(expected), rel=1e-6)
 
 
