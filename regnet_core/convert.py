@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import DEFAULT_MAX_SHARD_SIZE, output_dtype, parse_size
-from .config import RegNetConfig
+from .config import LOADING_KEYWORDS, RegNetConfig, check_field_names
 from .errors import CheckpointError, FormatError
 from .formats import detect_format, get_format, neutral
 from .formats.base import ForeignCheckpoint, Format, ReferenceUnavailable, WriteRequest, to_canonical_layout
@@ -516,8 +516,10 @@ def load_pretrained(
     """(config, canonical tensors read lazily) for a backend's ``from_pretrained``, from any supported source.
 
     ``config_changes`` edit the config after the weights were checked against the
-    checkpoint's own (e.g. ``num_labels=10`` with a backend's ``reinit_head``).
+    checkpoint's own (e.g. ``num_labels=10`` with a backend's ``reinit_head``); a name that
+    is no config field is a ConfigError naming the nearest, raised before anything is read.
     """
+    check_field_names(config_changes, "from_pretrained()", also=LOADING_KEYWORDS)
     checkpoint = read_checkpoint(source, format, config)
     result = checkpoint.config
     if config_changes:

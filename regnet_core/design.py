@@ -7,11 +7,16 @@ Symbols follow the paper ("Designing Network Design Spaces", Radosavovic et al. 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
+
 QUANTUM = 8
+# Largest channel count or depth a config may name: frameworks index channels with 32-bit integers.
+MAX_WIDTH = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -25,13 +30,26 @@ class StageDesign:
     block_widths: tuple[int, ...]
 
 
+def _is_finite_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(value)
+    )
+
+
 def _check_design_parameters(depth: int, w_0: float, w_a: float, w_m: float, quantum: int) -> None:
-    """Raise ValueError unless the four design numbers lie in the paper's domain."""
+    """Raise ConfigError unless the four design numbers lie in the paper's domain."""
     problems = []
-    if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or depth < 1:
-        problems.append(f"depth must be a positive integer, got {depth!r}")
-    if not isinstance(quantum, (int, np.integer)) or quantum < 1:
+    if not isinstance(depth, (int, np.integer)) or isinstance(depth, (bool, np.bool_)) or not 1 <= depth <= 10**6:
+        problems.append(f"depth must be an integer from 1 to 1000000, got {depth!r}")
+    if not isinstance(quantum, (int, np.integer)) or isinstance(quantum, (bool, np.bool_)) or quantum < 1:
         problems.append(f"quantum must be a positive integer, got {quantum!r}")
+    for name, value in (("w0", w_0), ("wa", w_a), ("wm", w_m)):
+        if not _is_finite_number(value):
+            problems.append(f"{name} must be a finite number, got {value!r} ({type(value).__name__})")
+    if problems:
+        raise ConfigError("invalid RegNet design: " + "; ".join(problems))
     if not w_0 > 0:
         problems.append(f"w0 must be > 0, got {w_0!r}")
     elif isinstance(quantum, (int, np.integer)) and quantum >= 1 and w_0 % quantum != 0:
@@ -41,7 +59,7 @@ def _check_design_parameters(depth: int, w_0: float, w_a: float, w_m: float, qua
     if not w_m > 1:
         problems.append(f"wm must be > 1, got {w_m!r}")
     if problems:
-        raise ValueError("invalid RegNet design: " + "; ".join(problems))
+        raise ConfigError("invalid RegNet design: " + "; ".join(problems))
 
 
 def quantized_block_widths(depth: int, w_0: float, w_a: float, w_m: float, quantum: int = QUANTUM) -> list[int]:
@@ -67,7 +85,7 @@ def group_stages(block_widths: list[int]) -> tuple[list[int], list[int]]:
             widths.append(width)
             depths.append(1)
     if any(b < a for a, b in zip(widths, widths[1:], strict=False)):
-        raise ValueError(f"block widths must not decrease, got {block_widths}")
+        raise ConfigError(f"block widths must not decrease, got {block_widths}")
     return widths, depths
 
 
@@ -80,10 +98,10 @@ def adjust_for_groups(
     width is rounded to a multiple of the group width. Returns (widths, group widths,
     bottleneck widths).
     """
-    if bottleneck_ratio <= 0:
-        raise ValueError(f"bottleneck_ratio must be > 0, got {bottleneck_ratio!r}")
-    if not isinstance(group_width, (int, np.integer)) or group_width < 1:
-        raise ValueError(f"group_width must be a positive integer, got {group_width!r}")
+    if not _is_finite_number(bottleneck_ratio) or bottleneck_ratio <= 0:
+        raise ConfigError(f"bottleneck_ratio must be a finite number > 0, got {bottleneck_ratio!r}")
+    if not isinstance(group_width, (int, np.integer)) or isinstance(group_width, (bool, np.bool_)) or group_width < 1:
+        raise ConfigError(f"group_width must be a positive integer, got {group_width!r}")
     out_widths, group_widths, bottleneck_widths = [], [], []
     for width in widths:
         bottleneck = max(1, int(width * bottleneck_ratio))
@@ -121,19 +139,30 @@ def stage_geometry(width: int, bottleneck_ratio: float, group_width: int) -> tup
     """(bottleneck width, group width, groups) of a stage of output ``width``.
 
     The group width is capped at the bottleneck width; the bottleneck width must then be a
-    whole number of groups, otherwise ValueError says which widths clash.
+    whole number of groups, otherwise ConfigError says which widths clash.
     """
-    bottleneck = int(round(width * bottleneck_ratio))
+    product = width * bottleneck_ratio
+    if not math.isfinite(product) or product > MAX_WIDTH:
+        raise ConfigError(
+            f"stage width {width} with bottleneck_ratio {bottleneck_ratio} gives a bottleneck width of {product:g}; "
+            f"expected at most {MAX_WIDTH}"
+        )
+    bottleneck = int(round(product))
     if bottleneck < 1:
-        raise ValueError(
+        raise ConfigError(
             f"stage width {width} with bottleneck_ratio {bottleneck_ratio} gives a bottleneck width of "
             f"{bottleneck}; expected at least 1"
         )
     stage_group_width = min(int(group_width), bottleneck)
     if bottleneck % stage_group_width:
-        raise ValueError(
+        raise ConfigError(
             f"group width {group_width} does not divide the bottleneck width {bottleneck} of a stage of "
             f"width {width}; expected a bottleneck width that is a multiple of the group width "
             f"(RegNetConfig.from_design adjusts widths this way)"
         )
     return bottleneck, stage_group_width, bottleneck // stage_group_width
+
+
+def se_width(block_input_width: int, se_ratio: float) -> int:
+    """SE width of a block: round(block input width * se_ratio), half to even."""
+    return int(round(block_input_width * se_ratio))

@@ -10,6 +10,23 @@ from typing import Any
 import numpy as np
 
 from .config import PROBLEM_TYPES
+from .inputs import check_pixel_values
+
+__all__ = [
+    "BCE_WITH_LOGITS",
+    "CROSS_ENTROPY",
+    "IGNORE_INDEX",
+    "MSE",
+    "OUTPUT_FIELDS",
+    "LossChoice",
+    "ModelOutput",
+    "check_class_targets",
+    "check_labels",
+    "check_pixel_values",
+    "choose_loss",
+    "labels_are_integers",
+    "resolve_problem_type",
+]
 
 OUTPUT_FIELDS = ("loss", "logits", "last_hidden_state", "pooler_output", "hidden_states")
 
@@ -38,36 +55,6 @@ class ModelOutput(OrderedDict):
     def to_tuple(self) -> tuple[Any, ...]:
         """The present fields in order (loss first when present)."""
         return tuple(self.values())
-
-
-def check_pixel_values(
-    shape: Sequence[int | None], is_floating: bool, dtype_name: str, num_channels: int, layout: str
-) -> None:
-    """Raise ValueError unless a batch has rank 4, a floating dtype and ``num_channels`` channels.
-
-    ``layout`` is "NCHW" or "NHWC". A batch in the other layout is recognised and named.
-    """
-    if len(shape) != 4:
-        raise ValueError(
-            f"pixel_values must be a 4-D {layout} batch (batch, {'channels, height, width' if layout == 'NCHW' else 'height, width, channels'}), "
-            f"got a {len(shape)}-D tensor of shape {tuple(shape)}"
-        )
-    if not is_floating:
-        raise ValueError(f"pixel_values must be floating point, got dtype {dtype_name}")
-    channel_axis, other_axis, other_layout = (1, 3, "NHWC") if layout == "NCHW" else (3, 1, "NCHW")
-    channels = shape[channel_axis]
-    if channels is not None and channels != num_channels:
-        hint = ""
-        if shape[other_axis] == num_channels:
-            hint = f"; it looks like an {other_layout} batch, expected {layout}"
-            if layout == "NHWC":
-                hint += " (transpose with (0, 2, 3, 1))"
-            else:
-                hint += " (transpose with (0, 3, 1, 2))"
-        raise ValueError(
-            f"pixel_values must have {num_channels} channels on axis {channel_axis} ({layout}), "
-            f"got shape {tuple(shape)}{hint}"
-        )
 
 
 def resolve_problem_type(problem_type: str | None, num_labels: int, labels_are_integers: bool) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .config import RegNetConfig
-from .design import stage_geometry
+from .design import se_width, stage_geometry
 
 BN_EPS = 1e-5
 BN_MOMENTUM_TORCH = 0.1  # PyTorch convention; Keras and Flax use 1 - 0.1 = 0.9
@@ -123,13 +123,8 @@ class ModelSpec:
         return total
 
 
-def se_width(block_input_width: int, se_ratio: float) -> int:
-    """SE width: round(block input width * se_ratio), half to even."""
-    return int(round(block_input_width * se_ratio))
-
-
 def build_model_spec(config: RegNetConfig) -> ModelSpec:
-    """Derive the full ModelSpec of a config (validating it first)."""
+    """Derive the full ModelSpec of a config (validating it first: every config that validates has a spec)."""
     config.validate()
     stem = StemSpec(input_width=config.num_channels, width=config.embedding_size)
     stages = []
@@ -149,11 +144,6 @@ def build_model_spec(config: RegNetConfig) -> ModelSpec:
                     groups=groups,
                     se_width=se_width(block_input, config.se_ratio) if config.layer_type == "y" else 0,
                 )
-            )
-        if config.layer_type == "y" and any(block.se_width < 1 for block in blocks):
-            raise ValueError(
-                f"se_ratio {config.se_ratio} gives an SE width of 0 in stage {index} (input width {input_width}); "
-                "expected at least 1 channel"
             )
         stages.append(
             StageSpec(

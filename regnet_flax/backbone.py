@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from regnet_core.config import RegNetConfig
+from regnet_core.config import RegNetConfig, require_config
 from regnet_core.convert import load_pretrained
 from regnet_core.features import (
     BackboneOutput,
@@ -34,6 +34,7 @@ from regnet_core.features import (
     select_backbone_state,
     stage_names,
 )
+from regnet_core.resources import check_memory
 from regnet_core.specs import ModelSpec, build_model_spec
 
 from .modeling import Embeddings, Encoder, canonical_dtype, check_input, register_output_pytree
@@ -70,9 +71,7 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
     param_dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
-        if not isinstance(self.config, RegNetConfig):
-            raise TypeError(f"expected a RegNetConfig, got {type(self.config).__name__}")
-        full_spec = build_model_spec(self.config)
+        full_spec = build_model_spec(require_config(self.config, "RegNetBackbone"))
         indices = resolve_out_indices(full_spec, self.out_indices, self.out_features)
         # Stored resolved (hashable tuples; resolving again is a no-op, so clones keep them).
         object.__setattr__(self, "out_indices", indices)
@@ -117,6 +116,7 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
         format: str | None = None,
         config: RegNetConfig | str | None = None,
         dtype: DTypeLike | None = None,
+        allow_large: bool = False,
         **config_changes: Any,
     ) -> tuple[RegNetBackbone, Variables]:
         """(module, variables) holding the trunk of any supported checkpoint (directory, file of any format, hub id).
@@ -126,7 +126,13 @@ class RegNetBackbone(FeatureMapsMixin, nn.Module):
         """
         config, state = load_pretrained(source, format, config, **config_changes)
         return backbone_from_canonical(
-            config, state, out_indices, out_features=out_features, context=f"in {source}", dtype=dtype
+            config,
+            state,
+            out_indices,
+            out_features=out_features,
+            context=f"in {source}",
+            dtype=dtype,
+            allow_large=allow_large,
         )
 
 
@@ -138,8 +144,10 @@ def init_backbone(
     out_features: Sequence[str] | None = None,
     zero_init_last_bn: bool = False,
     dtype: DTypeLike | None = None,
+    allow_large: bool = False,
 ) -> tuple[RegNetBackbone, Variables]:
     """A new pycls-initialised (module, variables) backbone pair, seeded; ``dtype`` is the computation dtype."""
+    check_memory(require_config(config, "init_backbone"), False, allow_large, what="RegNetBackbone")
     module = RegNetBackbone(config, out_indices, out_features, zero_init_last_bn, dtype=canonical_dtype(dtype))
     dummy = jnp.zeros((1, _INIT_IMAGE_SIZE, _INIT_IMAGE_SIZE, config.num_channels), jnp.float32)
     return module, dict(jax.jit(module.init)(jax.random.PRNGKey(seed), dummy))
@@ -153,8 +161,10 @@ def backbone_from_canonical(
     out_features: Sequence[str] | None = None,
     context: str = "",
     dtype: DTypeLike | None = None,
+    allow_large: bool = False,
 ) -> tuple[RegNetBackbone, Variables]:
     """(module, variables) holding canonical trunk or classifier weights, checked strictly against the whole trunk."""
+    check_memory(require_config(config, "backbone_from_canonical"), False, allow_large, what="RegNetBackbone")
     module = RegNetBackbone(config, out_indices, out_features, dtype=canonical_dtype(dtype))
     selected = select_backbone_state(state, build_model_spec(config), module.out_indices, context)
     return module, to_native(selected, module.spec, with_head=False, context=context, leaf=jnp.asarray)

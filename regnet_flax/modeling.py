@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_core.config import RegNetConfig
+from regnet_core.config import RegNetConfig, require_config
+from regnet_core.errors import PixelValuesError
 from regnet_core.outputs import (
     CROSS_ENTROPY,
     MSE,
@@ -425,7 +426,12 @@ class Embeddings(nn.Module):
 
 
 def check_input(pixel_values: jax.Array, num_channels: int) -> None:
-    """Raise ValueError unless ``pixel_values`` is a float NHWC batch with ``num_channels`` channels."""
+    """Raise PixelValuesError unless ``pixel_values`` is a batch the core's rule accepts (regnet_core.inputs), NHWC.
+
+    Accepted floating dtypes are cast to the module's ``dtype`` by its first convolution.
+    """
+    if not (hasattr(pixel_values, "shape") and hasattr(pixel_values, "dtype")):
+        raise PixelValuesError(f"pixel_values must be an array (jax.Array or numpy), got {type(pixel_values).__name__}")
     check_pixel_values(
         tuple(pixel_values.shape),
         bool(jnp.issubdtype(pixel_values.dtype, jnp.floating)),
@@ -436,9 +442,7 @@ def check_input(pixel_values: jax.Array, num_channels: int) -> None:
 
 
 def _spec_of(config: RegNetConfig) -> ModelSpec:
-    if not isinstance(config, RegNetConfig):
-        raise TypeError(f"expected a RegNetConfig, got {type(config).__name__}")
-    return build_model_spec(config)
+    return build_model_spec(require_config(config, "a Flax RegNet module"))
 
 
 class RegNetModel(nn.Module):

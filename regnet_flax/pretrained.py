@@ -19,10 +19,11 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from regnet_core.checkpoint import CheckpointError, save_checkpoint
-from regnet_core.config import RegNetConfig
+from regnet_core.config import RegNetConfig, reject_keywords, require_config
 from regnet_core.convert import load_pretrained
 from regnet_core.io import atomic_write
 from regnet_core.msgpack_io import nest, read_msgpack, write_msgpack
+from regnet_core.resources import check_memory
 from regnet_core.specs import build_model_spec
 from regnet_core.tensors import LazyTensor, dtype_name, from_storage
 from regnet_core.weights import HEAD_PREFIX, state_has_head
@@ -51,8 +52,15 @@ def init(
     *,
     zero_init_last_bn: bool = False,
     dtype: DTypeLike | None = None,
+    allow_large: bool = False,
+    **unknown: Any,
 ) -> FlaxModel:
-    """A new pycls-initialised (module, variables) pair, seeded; ``dtype`` is the computation dtype (see from_pretrained)."""
+    """A new pycls-initialised (module, variables) pair, seeded; ``dtype`` is the computation dtype (see from_pretrained).
+
+    Refused before anything is allocated when the weights would not fit in memory (``allow_large=True`` skips that).
+    """
+    reject_keywords(unknown, "regnet_flax.init()", ("with_head", "seed", "zero_init_last_bn", "dtype", "allow_large"))
+    check_memory(require_config(config, "regnet_flax.init"), with_head, allow_large, what="Flax model")
     module = model_class(with_head)(config, zero_init_last_bn=zero_init_last_bn, dtype=canonical_dtype(dtype))
     dummy = jnp.zeros((1, _INIT_IMAGE_SIZE, _INIT_IMAGE_SIZE, config.num_channels), jnp.float32)
     # jit: one compiled init instead of hundreds of dispatched ops; the forward itself is discarded.
@@ -69,12 +77,14 @@ def from_canonical(
     seed: int = 0,
     context: str = "",
     dtype: DTypeLike | None = None,
+    allow_large: bool = False,
 ) -> FlaxModel:
     """A (module, variables) pair holding canonical numpy weights, loaded strictly.
 
     ``reinit_head`` keeps the trunk and draws a fresh pycls classifier from ``seed``;
-    ``dtype`` is the computation dtype (see from_pretrained).
+    ``dtype`` is the computation dtype (see from_pretrained); ``allow_large`` skips the memory guard.
     """
+    check_memory(require_config(config, "regnet_flax.from_canonical"), with_head, allow_large, what="Flax model")
     spec = build_model_spec(config)
     variables = to_native(state, spec, with_head, reinit_head=reinit_head, context=context, leaf=jnp.asarray)
     if with_head and reinit_head and spec.head.num_labels > 0:
@@ -102,6 +112,7 @@ def from_pretrained(
     format: str | None = None,
     config: RegNetConfig | str | None = None,
     dtype: DTypeLike | None = None,
+    allow_large: bool = False,
     **config_changes: Any,
 ) -> FlaxModel:
     """Load any supported checkpoint as ``(module, variables)``, strictly.
@@ -117,7 +128,9 @@ def from_pretrained(
     what the checkpoint holds; a classification checkpoint also loads as a trunk).
     ``reinit_head=True`` keeps the trunk and starts a fresh classifier drawn from ``seed``
     (for fine-tuning, e.g. with ``num_labels=10``). Other keywords change config fields
-    before building. Every missing, unexpected or mis-shaped tensor is reported at once.
+    before building (a keyword that is no field is a ConfigError naming the nearest).
+    ``allow_large=True`` skips the memory guard (regnet_core.resources). Every missing,
+    unexpected or mis-shaped tensor is reported at once.
 
     ``dtype`` (default float32; "bfloat16", "float32" or a jnp dtype) is the computation
     dtype: with ``jnp.bfloat16`` convolutions, matmuls and activations run in bfloat16
@@ -128,7 +141,14 @@ def from_pretrained(
     if with_head is None:
         with_head = reinit_head or state_has_head(state)
     return from_canonical(
-        config, state, with_head, reinit_head=reinit_head, seed=seed, context=f"in {source}", dtype=dtype
+        config,
+        state,
+        with_head,
+        reinit_head=reinit_head,
+        seed=seed,
+        context=f"in {source}",
+        dtype=dtype,
+        allow_large=allow_large,
     )
 
 
@@ -177,7 +197,12 @@ def _device_leaf(tensor: LazyTensor) -> jax.Array:
 
 
 def load_native(
-    config: RegNetConfig, path: str | os.PathLike, with_head: bool | None = None, *, dtype: DTypeLike | None = None
+    config: RegNetConfig,
+    path: str | os.PathLike,
+    with_head: bool | None = None,
+    *,
+    dtype: DTypeLike | None = None,
+    allow_large: bool = False,
 ) -> FlaxModel:
     """(module, variables) from a Flax msgpack file written by save_native, checked strictly.
 
@@ -196,5 +221,6 @@ def load_native(
     if with_head is None:
         with_head = tree_has_head(variables)
     variables = fit_native_head(variables, with_head)
+    check_memory(require_config(config, "regnet_flax.load_native"), with_head, allow_large, what="Flax model")
     check_native(variables, build_model_spec(config), with_head, context=f"in {path}")
     return model_class(with_head)(config, dtype=canonical_dtype(dtype)), jax.tree_util.tree_map(_device_leaf, variables)

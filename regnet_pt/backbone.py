@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from regnet_core.checkpoint import save_checkpoint
-from regnet_core.config import RegNetConfig
+from regnet_core.config import RegNetConfig, reject_keywords
 from regnet_core.convert import load_pretrained
 from regnet_core.features import (
     BackboneOutput,
@@ -28,6 +28,7 @@ from regnet_core.features import (
     resolve_out_indices,
     select_backbone_state,
 )
+from regnet_core.resources import check_memory
 from regnet_core.specs import build_model_spec
 
 from .modeling import Embeddings, Encoder, RegNetPreTrainedModel, run_trunk
@@ -52,9 +53,14 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         *,
         out_features: Sequence[str] | None = None,
         zero_init_last_bn: bool = False,
+        allow_large: bool = False,
         _skip_init: bool = False,
+        **unknown: Any,
     ) -> None:
-        super().__init__(config)
+        reject_keywords(
+            unknown, "RegNetBackbone()", ("out_indices", "out_features", "zero_init_last_bn", "allow_large")
+        )
+        super().__init__(config, allow_large, _allocates=not _skip_init)
         full_spec = self.spec
         self.out_indices = resolve_out_indices(full_spec, out_indices, out_features)
         self.feature_info = feature_info(full_spec, self.out_indices)
@@ -88,6 +94,7 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         out_features: Sequence[str] | None = None,
         format: str | None = None,
         config: RegNetConfig | str | None = None,
+        allow_large: bool = False,
         **config_changes: Any,
     ) -> RegNetBackbone:
         """A backbone holding the trunk of any supported checkpoint (directory, weights file of any format, hub id).
@@ -96,6 +103,7 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         stages after the last chosen output are dropped (never read from disk). Returned in eval mode.
         """
         config, state = load_pretrained(source, format, config, **config_changes)
+        check_memory(config, False, allow_large, what=cls.__name__)  # before the weights stream in
         model = cls(config, out_indices, out_features=out_features, _skip_init=True)
         model.load_canonical_state(state, context=f"in {source}", _copy=False)
         return model.eval()

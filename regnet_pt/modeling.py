@@ -24,9 +24,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from regnet_core.checkpoint import save_checkpoint
-from regnet_core.config import RegNetConfig
+from regnet_core.config import RegNetConfig, reject_keywords, require_config
 from regnet_core.convert import load_pretrained
+from regnet_core.errors import PixelValuesError
+from regnet_core.inputs import needs_cast
 from regnet_core.outputs import CROSS_ENTROPY, MSE, ModelOutput, check_pixel_values, choose_loss
+from regnet_core.resources import check_memory
 from regnet_core.rules import (
     CLASSIFIER_BIAS,
     CLASSIFIER_WEIGHT_STD,
@@ -244,7 +247,7 @@ def run_trunk(
     embedder: Embeddings, encoder: Encoder, pixel_values: torch.Tensor, input_width: int
 ) -> list[torch.Tensor]:
     """Check an NCHW batch, run the stem and every stage; the stem's output and each stage's, in order."""
-    check_input(pixel_values, input_width)
+    pixel_values = check_input(pixel_values, input_width, embedder.embedder.convolution.weight.dtype)
     hidden_state = embedder(channels_last_input(pixel_values, embedder.embedder.convolution))
     hidden_states = [hidden_state]
     for stage in encoder.stages:
@@ -260,8 +263,19 @@ def channels_last_input(pixel_values: torch.Tensor, first_conv: nn.Conv2d) -> to
     return pixel_values
 
 
-def check_input(pixel_values: torch.Tensor, num_channels: int) -> None:
-    """Raise ValueError unless ``pixel_values`` is a float NCHW batch with ``num_channels`` channels."""
+def check_input(
+    pixel_values: torch.Tensor, num_channels: int, compute_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Check an NCHW batch by the core's rule (regnet_core.inputs) and return it in ``compute_dtype`` (cast if needed).
+
+    Raises PixelValuesError (a ValueError) for anything but a non-empty floating NCHW batch
+    with ``num_channels`` channels; float16, bfloat16 and float64 are cast to the weights' dtype.
+    """
+    if not isinstance(pixel_values, torch.Tensor):
+        raise PixelValuesError(
+            f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__} "
+            "(torch.from_numpy or torch.as_tensor makes one)"
+        )
     check_pixel_values(
         tuple(pixel_values.shape),
         pixel_values.is_floating_point(),
@@ -269,6 +283,9 @@ def check_input(pixel_values: torch.Tensor, num_channels: int) -> None:
         num_channels,
         "NCHW",
     )
+    if compute_dtype is not None and needs_cast(str(pixel_values.dtype), str(compute_dtype)):
+        return pixel_values.to(compute_dtype)
+    return pixel_values
 
 
 class RegNetPreTrainedModel(nn.Module):
@@ -276,10 +293,12 @@ class RegNetPreTrainedModel(nn.Module):
 
     _with_head = False
 
-    def __init__(self, config: RegNetConfig) -> None:
+    def __init__(self, config: RegNetConfig, allow_large: bool = False, *, _allocates: bool = True) -> None:
         super().__init__()
-        if not isinstance(config, RegNetConfig):
-            raise TypeError(f"expected a RegNetConfig, got {type(config).__name__}")
+        require_config(config, type(self).__name__)
+        if _allocates and torch.get_default_device().type != "meta":
+            # Refused before anything is allocated: weights that cannot fit in memory (allow_large skips this).
+            check_memory(config, self._with_head, allow_large, what=type(self).__name__)
         self.config = config
         self.spec = build_model_spec(config)
 
@@ -325,6 +344,7 @@ class RegNetPreTrainedModel(nn.Module):
         reinit_head: bool = False,
         format: str | None = None,
         config: RegNetConfig | str | None = None,
+        allow_large: bool = False,
         **config_changes: Any,
     ) -> RegNetPreTrainedModel:
         """Load any supported checkpoint strictly; every missing, unexpected or mis-shaped key is reported at once.
@@ -334,10 +354,13 @@ class RegNetPreTrainedModel(nn.Module):
         names the format when detection should not decide, ``config`` supplies the
         architecture of a file that carries none (else it is inferred from the weights).
         ``reinit_head=True`` keeps the trunk and starts a fresh classifier (for fine-tuning,
-        e.g. with ``num_labels=10``). Other keywords change config fields before building.
-        Tensors stream from disk into the model one at a time. The model is returned in eval mode.
+        e.g. with ``num_labels=10``). Other keywords change config fields before building (a
+        keyword that is no field is a ConfigError naming the nearest). ``allow_large=True``
+        skips the memory guard (regnet_core.resources). Tensors stream from disk into the model
+        one at a time. The model is returned in eval mode.
         """
         config, state = load_pretrained(source, format, config, **config_changes)
+        check_memory(config, cls._with_head, allow_large, what=cls.__name__)  # before the weights stream in
         model = cls(config, _skip_init=True)
         model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {source}", _copy=False)
         return model.eval()
@@ -403,8 +426,17 @@ class RegNetPreTrainedModel(nn.Module):
 class RegNetModel(RegNetPreTrainedModel):
     """The RegNet trunk: stem and stages, with global average pooling."""
 
-    def __init__(self, config: RegNetConfig, *, zero_init_last_bn: bool = False, _skip_init: bool = False) -> None:
-        super().__init__(config)
+    def __init__(
+        self,
+        config: RegNetConfig,
+        *,
+        zero_init_last_bn: bool = False,
+        allow_large: bool = False,
+        _skip_init: bool = False,
+        **unknown: Any,
+    ) -> None:
+        reject_keywords(unknown, type(self).__name__ + "()", ("zero_init_last_bn", "allow_large"))
+        super().__init__(config, allow_large, _allocates=not _skip_init)
         with torch.device("meta") if _skip_init else nullcontext():
             self.embedder = Embeddings(self.spec)
             self.encoder = Encoder(self.spec)
@@ -432,9 +464,18 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
 
     _with_head = True
 
-    def __init__(self, config: RegNetConfig, *, zero_init_last_bn: bool = False, _skip_init: bool = False) -> None:
-        super().__init__(config)
-        self.regnet = RegNetModel(config, _skip_init=True)
+    def __init__(
+        self,
+        config: RegNetConfig,
+        *,
+        zero_init_last_bn: bool = False,
+        allow_large: bool = False,
+        _skip_init: bool = False,
+        **unknown: Any,
+    ) -> None:
+        reject_keywords(unknown, type(self).__name__ + "()", ("zero_init_last_bn", "allow_large"))
+        super().__init__(config, allow_large, _allocates=not _skip_init)
+        self.regnet = RegNetModel(config, _skip_init=True)  # on the meta device; the whole model was checked above
         with torch.device("meta") if _skip_init else nullcontext():
             self.classifier = nn.Sequential(nn.Flatten(), self._new_linear())
         if not _skip_init:

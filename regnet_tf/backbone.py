@@ -119,6 +119,7 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         format: str | None = None,
         config: RegNetConfig | str | None = None,
         dtype: Any = None,
+        allow_large: bool = False,
         **config_changes: Any,
     ) -> RegNetBackbone:
         """A backbone holding the trunk of any supported checkpoint (directory, weights file of any format, hub id).
@@ -128,7 +129,9 @@ class RegNetBackbone(FeatureMapsMixin, RegNetPreTrainedModel):
         Keras policy ("float32", "mixed_bfloat16" or "bfloat16"; None: the global one).
         """
         config, state = load_pretrained(source, format, config, **config_changes)
-        model = cls(config, out_indices, out_features=out_features, _skip_init=True, dtype=dtype)
+        model = cls(
+            config, out_indices, out_features=out_features, _skip_init=True, dtype=dtype, allow_large=allow_large
+        )
         return model.load_canonical_state(state, context=f"in {source}")
 
     def load_canonical_state(

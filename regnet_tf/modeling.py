@@ -41,9 +41,10 @@ from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from tensorflow.python.eager import record
 
 from regnet_core.checkpoint import save_checkpoint
-from regnet_core.config import RegNetConfig
+from regnet_core.config import RegNetConfig, reject_keywords, require_config
 from regnet_core.convert import load_pretrained
 from regnet_core.outputs import CROSS_ENTROPY, MSE, ModelOutput, check_pixel_values, choose_loss
+from regnet_core.resources import check_memory
 from regnet_core.rules import (
     CLASSIFIER_BIAS,
     CLASSIFIER_WEIGHT_STD,
@@ -273,8 +274,18 @@ class BatchNorm(keras.layers.Layer):
                 )
             mean, variance, count = self._batch_moments(inputs)
             unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
-            self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
-            self.moving_variance.assign(self.momentum * self.moving_variance + (1.0 - self.momentum) * unbiased)
+            # Fewer than 2 values per channel (an empty batch whose size was unknown when traced, e.g. a
+            # dataset's under fit) has no variance and NaN moments: the running statistics stay as they were,
+            # and an empty batch is normalised with (0, 1) so that no NaN reaches gamma's or beta's gradient.
+            # Eager calls and static shapes never get here: check_input and the test above refuse them.
+            has_values = count > 0.0
+            mean = tf.where(has_values, mean, tf.zeros_like(mean))
+            variance = tf.where(has_values, variance, tf.ones_like(variance))
+            update = count > 1.0
+            new_mean = self.momentum * self.moving_mean + (1.0 - self.momentum) * mean
+            new_variance = self.momentum * self.moving_variance + (1.0 - self.momentum) * unbiased
+            self.moving_mean.assign(tf.where(update, new_mean, self.moving_mean))
+            self.moving_variance.assign(tf.where(update, new_variance, self.moving_variance))
             scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
             shift = self.beta - mean * scale
         else:
@@ -637,6 +648,10 @@ def _concatenate_batches(*parts: Any) -> np.ndarray:
     return np.concatenate([keras.ops.convert_to_numpy(part) for part in parts], axis=0)
 
 
+# Keywords a RegNet Keras model hands to keras.Model (every other keyword is refused by name).
+_KERAS_KEYWORDS = ("name", "dtype", "trainable", "autocast")
+
+
 def _default_name(base: str) -> str:
     # Keras would derive "reg_net_model" from the class name; keep its uniquifying scheme.
     uid = keras.backend.get_uid(base)
@@ -656,8 +671,16 @@ class RegNetPreTrainedModel(keras.Model):
     _compiled_arguments = frozenset({"pixel_values", "output_hidden_states", "training"})
 
     def __init__(self, config: RegNetConfig, **kwargs: Any) -> None:
-        if not isinstance(config, RegNetConfig):
-            raise TypeError(f"expected a RegNetConfig, got {type(config).__name__}")
+        # Refused before anything is allocated: a config that is no RegNet, an unknown keyword, or
+        # weights that cannot fit in memory (allow_large=True skips that guard).
+        require_config(config, type(self).__name__)
+        allow_large = bool(kwargs.pop("allow_large", False))
+        reject_keywords(
+            {key: value for key, value in kwargs.items() if key not in _KERAS_KEYWORDS},
+            type(self).__name__ + "()",
+            ("zero_init_last_bn", "allow_large", *_KERAS_KEYWORDS),
+        )
+        check_memory(config, self.with_head, allow_large, what=type(self).__name__)
         if kwargs.get("name") is None:
             kwargs["name"] = _default_name(self.default_name)
         kwargs["dtype"] = resolve_dtype(kwargs.get("dtype"))
@@ -819,6 +842,7 @@ class RegNetPreTrainedModel(keras.Model):
         format: str | None = None,
         config: RegNetConfig | str | None = None,
         dtype: Any = None,
+        allow_large: bool = False,
         **config_changes: Any,
     ) -> RegNetPreTrainedModel:
         """Load any supported checkpoint strictly (a directory written by any backend or transformers,
@@ -828,11 +852,12 @@ class RegNetPreTrainedModel(keras.Model):
         architecture of a file that carries none. ``reinit_head=True`` keeps the trunk and
         starts a fresh classifier (e.g. with ``num_labels=10``); ``dtype`` is the Keras policy
         ("float32", "mixed_bfloat16" or "bfloat16", None: the global one; variables stay
-        float32); other keywords change config fields before building. Tensors stream from
-        disk into the variables one at a time.
+        float32); other keywords change config fields before building (a keyword that is no
+        field is a ConfigError naming the nearest); ``allow_large=True`` skips the memory guard
+        (regnet_core.resources). Tensors stream from disk into the variables one at a time.
         """
         config, state = load_pretrained(source, format, config, **config_changes)
-        model = cls(config, _skip_init=not reinit_head, dtype=dtype)
+        model = cls(config, _skip_init=not reinit_head, dtype=dtype, allow_large=allow_large)
         return model.load_canonical_state(state, reinit_head=reinit_head, context=f"in {source}")
 
     # -------------------------------------------------------------- Keras serialisation
@@ -918,6 +943,7 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
             zero_init_last_bn=zero_init_last_bn,
             _skip_init=_skip_init,
             _build=False,
+            allow_large=True,  # the whole model was checked in super().__init__
             name=native.TRUNK,
             dtype=self.dtype_policy,
         )
@@ -1019,7 +1045,10 @@ def variable_shapes(config: RegNetConfig, with_head: bool = True) -> dict[str, t
     pending_before = list(global_state.get_global_attribute("uninitialized_variables", []) or [])
     try:
         with keras.StatelessScope(initialize_variables=False):
-            model = (RegNetForImageClassification if with_head else RegNetModel)(config, _skip_init=True)
+            # allow_large: nothing is allocated here, whatever the size
+            model = (RegNetForImageClassification if with_head else RegNetModel)(
+                config, _skip_init=True, allow_large=True
+            )
         return {native.relative_path(model, v): tuple(int(d) for d in v.shape) for v in model.weights}
     finally:
         global_state.set_global_attribute("uninitialized_variables", pending_before)
