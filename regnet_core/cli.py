@@ -1,10 +1,21 @@
-"""The ``regnet`` command. Exit codes: 0 success, 1 a check failed, 2 bad input (one line, no traceback)."""
+"""The ``regnet`` command. Exit codes: 0 success, 1 a check failed, 2 bad input (one line, no traceback),
+3 internal error (one line; ``--debug`` or REGNET_DEBUG=1 shows the traceback), 130 interrupted.
+
+Bad input is anything the user can fix: usage, our ValueError subclasses (configs, checkpoints,
+pixel values, outputs), any other ValueError, file-system errors (OSError: missing, a directory
+where a file belongs, permissions, disk full) and a framework that is not installed. Everything
+else is a bug of ours and says so. A reader that closes the pipe early (``regnet list | head -1``)
+ends the command quietly with exit 0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +35,14 @@ from .config import RegNetConfig
 from .formats import FORMAT_NAMES
 from .io import atomic_write
 from .outputs import check_pixel_values
+from .resources import ALLOW_LARGE_VARIABLE, check_memory, weight_memory
 from .specs import ModelSpec, build_model_spec
 from .tensors import OUTPUT_DTYPES
-from .weights import BN_COUNT, parameter_table
 from .zoo import ZOO, get_entry
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEBUG_FLAG, DEBUG_VARIABLE = "--debug", "REGNET_DEBUG"
+MAX_SEED = 2**32 - 1  # numpy's seeds; torch, TensorFlow and JAX take these too
 
 
 class UsageError(Exception):
@@ -48,6 +61,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text!r}")
     return value
 
 
@@ -116,21 +139,6 @@ def model_info(name_or_dir: str, image_size: int = 224) -> dict[str, Any]:
     }
 
 
-def weight_memory(spec: ModelSpec, with_head: bool = True) -> dict[str, int]:
-    """Bytes the weights take (parameters and BatchNorm buffers) at float32, bfloat16 and float16, from the table alone."""
-    values = counters = 0
-    for tensor in parameter_table(spec, with_head):
-        if tensor.kind == BN_COUNT:
-            counters += 1
-        else:
-            values += int(np.prod(tensor.shape, dtype=np.int64))
-    return {
-        "float32": values * 4 + counters * 8,
-        "bfloat16": values * 2 + counters * 8,
-        "float16": values * 2 + counters * 8,
-    }
-
-
 def _stage_info(spec: ModelSpec, index: int) -> dict[str, Any]:
     stage = spec.stages[index]
     return {
@@ -190,6 +198,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     entry = get_entry(args.model)
     check_destination(args.out, args.overwrite, "--overwrite")  # before the weights are drawn
     config = entry.config()
+    check_memory(config, not entry.is_trunk, args.allow_large, what=entry.name)  # before anything is allocated
+    if args.allow_large:  # the backend's own guard, when it builds the model
+        os.environ[ALLOW_LARGE_VARIABLE] = "1"
     model = backend.build(config, with_head=not entry.is_trunk, seed=args.seed)
     save_checkpoint(
         args.out,
@@ -216,6 +227,8 @@ def _read_nchw(path: str, num_channels: int) -> np.ndarray:
 
 
 def _cmd_logits(args: argparse.Namespace) -> int:
+    if Path(args.output).is_dir():
+        raise UsageError(f"--output {args.output} is a directory; expected the path of the .npy file to write")
     backend = get_backend(args.framework)
     config, state, with_head, source = resolve_checkpoint(args.ckpt, args.seed)
     pixel_values = _read_nchw(args.input, config.num_channels)
@@ -284,6 +297,11 @@ def _cmd_parity(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``regnet`` command."""
     parser = _Parser(prog="regnet", description="RegNet in PyTorch, TensorFlow and Flax: one spec, one checkpoint.")
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"show the traceback of an internal error (anywhere on the line; or {DEBUG_VARIABLE}=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = commands.add_parser("list", help="the zoo: names, flops and params at 224")
@@ -300,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="NAME")
     p.add_argument("--framework", default="pt", help="pt, tf or flax (default pt)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument(
+        "--allow-large", action="store_true", help="build even when the weights would not fit in available memory"
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing DIR (only once the new one is complete)"
     )
@@ -311,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", default="pt", help="pt, tf or flax (default pt)")
     p.add_argument("--input", required=True, metavar="X.npy")
     p.add_argument("--output", required=True, metavar="Y.npy")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights for a zoo name")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random weights for a zoo name")
     p.set_defaults(run=_cmd_logits)
 
     p = commands.add_parser(
@@ -368,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=_positive_int, default=2)
     p.add_argument("--image-size", type=_positive_int, default=224)
-    p.add_argument("--seed", type=int, default=0, help="seed of the input batch and of a zoo name's random weights")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the input batch and of a zoo name's random weights")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_cmd_parity)
 
@@ -382,18 +403,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# What the user can fix (exit 2); anything else is an internal error (exit 3).
+USER_ERRORS = (UsageError, ValueError, OSError, BackendUnavailableError)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (Keras' colour codes and framing newlines removed)."""
+    text = " ".join(_ANSI_ESCAPE.sub("", str(error)).split())
+    return text or type(error).__name__
+
+
+def error_report(error: BaseException) -> tuple[int, str]:
+    """(exit code, the one line printed on stderr) for an exception that ended a command."""
+    if isinstance(error, USER_ERRORS):
+        return EXIT_BAD_INPUT, f"regnet: error: {_one_line(error)}"
+    return (
+        EXIT_INTERNAL_ERROR,
+        f"regnet: internal error: {type(error).__name__}: {_one_line(error)} "
+        f"(a bug; rerun with {DEBUG_FLAG} for the traceback and report it)",
+    )
+
+
+def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """argv without the --debug flag (accepted anywhere before a '--'), and whether it was there."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = DEBUG_FLAG in argv[:end]
+    return [arg for index, arg in enumerate(argv) if index >= end or arg != DEBUG_FLAG], debug
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing at exit does not fail again on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code (see the module docstring)."""
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    debug = debug or os.environ.get(DEBUG_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
     try:
         args = build_parser().parse_args(argv)
-        return args.run(args)
-    except UsageError as error:
-        print(f"regnet: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ValueError, FileNotFoundError, NotADirectoryError, BackendUnavailableError) as error:
-        message = " ".join(str(error).split())
-        print(f"regnet: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = args.run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # the reader went away (regnet list | head -1): nothing left to say
+        _quiet_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("regnet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        code, line = error_report(error)
+        if debug:
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return code
 
 
 def entry_point() -> None:

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .cli import _positive_int
+from .cli import _positive_int, _seed
 
 DTYPES = ("float32", "bfloat16")
 
@@ -117,7 +117,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="seconds of calls per round, at the batch size and at batch 1 each (default 1)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random weights and inputs")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start and import-time runs")
     p.add_argument(
         "--cold-start-runs", type=_positive_int, default=2, help="fresh processes per backend (default 2; best kept)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .cli import EXIT_CHECK_FAILED, EXIT_OK, _positive_int
+from .cli import EXIT_CHECK_FAILED, EXIT_OK, _positive_int, _seed
 from .export import TARGETS, export_checkpoint
 
 
@@ -60,7 +60,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=_positive_int, default=2, help="batch of the check (default 2)")
     p.add_argument("--image-size", type=_positive_int, default=224, help="image side of the check (default 224)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the check's batch and of a zoo name's random weights")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the check's batch and of a zoo name's random weights")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing OUT (only once the new one is complete)"
     )

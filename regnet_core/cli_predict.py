@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .cli import _positive_int
+from .cli import _positive_int, _seed
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -51,6 +51,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=_positive_int, default=1, help="images per forward pass (default 1, as the pipeline)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of a zoo name's random weights")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of a zoo name's random weights")
     p.add_argument("--json", action="store_true", help="print, for each image, a list of {label, score}, best first")
     p.set_defaults(run=_cmd_predict)
