@@ -384,11 +384,20 @@ class RegNetConfig:
                 "not a RegNet config: expected model_type 'regnet' or RegNet fields such as "
                 f"{', '.join(_ARCHITECTURE_KEYS[:4])}, got keys {keys[:12] if keys else 'none'}"
             )
+        not_text = [key for key in data if not isinstance(key, str)]
+        if not_text:
+            raise ConfigError(f"config keys must be strings, got {_shown(not_text[0])}")
         data = copy.deepcopy(dict(data))
         data.pop("model_type", None)
         known = {key: value for key, value in data.items() if key in FIELDS}
         config = cls(**{**_DEFAULTS, **known})
-        config.extra = {key: value for key, value in data.items() if key not in FIELDS}
+        extra = {key: value for key, value in data.items() if key not in FIELDS}
+        for key, value in extra.items():  # kept to be written back: each must be JSON
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError, RecursionError):
+                raise ConfigError(f"config key {key!r} holds {_shown(value)}, which is no JSON value") from None
+        config.extra = extra
         return config
 
     def to_json_string(self) -> str:
@@ -442,7 +451,8 @@ class RegNetConfig:
         return type(self).from_dict(data)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, RegNetConfig) and self.to_dict() == other.to_dict()
+        # Compared as JSON, as hashed: a NaN kept in an unknown key equals itself.
+        return isinstance(other, RegNetConfig) and self.to_json_string() == other.to_json_string()
 
     def __hash__(self) -> int:
         # Hashable so that Flax modules holding a config can be static under jax.jit.

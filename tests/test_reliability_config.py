@@ -410,3 +410,12 @@ def test_the_override_lets_a_model_through(monkeypatch, framework):
 def test_available_memory_is_read():
     available = resources.available_memory()
     assert available is None or available > 0
+
+
+def test_python_dicts_that_could_not_be_written_back():
+    with pytest.raises(ConfigError, match="config keys must be strings, got 1"):
+        RegNetConfig.from_dict({"model_type": "regnet", 1: 2})
+    with pytest.raises(ConfigError, match="config key 'note' holds .*object.*, which is no JSON value"):
+        RegNetConfig.from_dict({"model_type": "regnet", "note": object()})
+    config = RegNetConfig.from_dict({"model_type": "regnet", "note": math.nan})
+    assert config == RegNetConfig.from_dict(json.loads(config.to_json_string()))  # NaN kept, equal to itself
