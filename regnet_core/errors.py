@@ -41,5 +41,11 @@ class PixelValuesError(ValueError):
     __init__ = Exception.__init__  # kept by tf.function's autograph, as ConfigError's
 
 
+class LabelsError(ValueError):
+    """Labels a loss cannot take (shape, class index out of range, no classifier): says what was expected and what came."""
+
+    __init__ = Exception.__init__  # kept by tf.function's autograph, as ConfigError's
+
+
 class ConfigTypeError(ConfigError, TypeError):
     """Something other than a RegNetConfig where a model needs one (a TypeError too, as Python's convention has it)."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .config import PROBLEM_TYPES
+from .errors import ConfigError, LabelsError
 from .inputs import check_pixel_values
 
 __all__ = [
@@ -61,7 +62,7 @@ def resolve_problem_type(problem_type: str | None, num_labels: int, labels_are_i
     """The loss to use, chosen as transformers chooses when the config leaves it unset."""
     if problem_type is not None:
         if problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+            raise ConfigError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
         return problem_type
     if num_labels == 1:
         return "regression"
@@ -71,18 +72,18 @@ def resolve_problem_type(problem_type: str | None, num_labels: int, labels_are_i
 
 
 def check_labels(problem_type: str, labels_shape: Sequence[int | None], batch: int | None, num_labels: int) -> None:
-    """Raise ValueError unless the labels' shape fits the loss and the number of classes."""
+    """Raise LabelsError unless the labels' shape fits the loss and the number of classes."""
     shape = tuple(labels_shape)
     if num_labels == 0:
-        raise ValueError("labels were given but the model has no classifier (num_labels is 0)")
+        raise LabelsError("labels were given but the model has no classifier (num_labels is 0)")
     count = None if any(d is None for d in shape) else int(_product(shape))
     if problem_type == "single_label_classification" or (problem_type == "regression" and num_labels == 1):
         if batch is not None and count is not None and count != batch:
-            raise ValueError(
+            raise LabelsError(
                 f"{problem_type} expects one label per image, shape ({batch},); got labels of shape {shape}"
             )
     elif batch is not None and shape != (batch, num_labels) and None not in shape:
-        raise ValueError(f"{problem_type} expects labels of shape ({batch}, {num_labels}), got {shape}")
+        raise LabelsError(f"{problem_type} expects labels of shape ({batch}, {num_labels}), got {shape}")
 
 
 def _product(values: Sequence[int]) -> int:
@@ -139,8 +140,10 @@ def choose_loss(
 
 
 def check_class_targets(targets: Any, num_labels: int) -> None:
-    """Raise ValueError unless every single-label target is in [0, num_labels) or IGNORE_INDEX."""
+    """Raise LabelsError unless every single-label target is in [0, num_labels) or IGNORE_INDEX."""
     values = np.asarray(targets)
     bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= num_labels))]
     if bad.size:
-        raise ValueError(f"single-label targets must be in [0, {num_labels}) or {IGNORE_INDEX}, got {bad[:5].tolist()}")
+        raise LabelsError(
+            f"single-label targets must be in [0, {num_labels}) or {IGNORE_INDEX}, got {bad[:5].tolist()}"
+        )

@@ -28,7 +28,14 @@ from regnet_core.config import RegNetConfig, reject_keywords, require_config
 from regnet_core.convert import load_pretrained
 from regnet_core.errors import PixelValuesError
 from regnet_core.inputs import needs_cast
-from regnet_core.outputs import CROSS_ENTROPY, MSE, ModelOutput, check_pixel_values, choose_loss
+from regnet_core.outputs import (
+    CROSS_ENTROPY,
+    MSE,
+    ModelOutput,
+    check_class_targets,
+    check_pixel_values,
+    choose_loss,
+)
 from regnet_core.resources import check_memory
 from regnet_core.rules import (
     CLASSIFIER_BIAS,
@@ -521,6 +528,8 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
                 return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
             return F.mse_loss(logits, labels.to(logits.dtype))
         if choice.function == CROSS_ENTROPY:
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                check_class_targets(labels.detach().cpu().numpy(), num_labels)  # ours, not an IndexError
             return F.cross_entropy(
                 logits.view(-1, num_labels), labels.view(-1).long(), ignore_index=choice.ignore_index
             )

@@ -43,7 +43,14 @@ from tensorflow.python.eager import record
 from regnet_core.checkpoint import save_checkpoint
 from regnet_core.config import RegNetConfig, reject_keywords, require_config
 from regnet_core.convert import load_pretrained
-from regnet_core.outputs import CROSS_ENTROPY, MSE, ModelOutput, check_pixel_values, choose_loss
+from regnet_core.outputs import (
+    CROSS_ENTROPY,
+    MSE,
+    ModelOutput,
+    check_class_targets,
+    check_pixel_values,
+    choose_loss,
+)
 from regnet_core.resources import check_memory
 from regnet_core.rules import (
     CLASSIFIER_BIAS,
@@ -565,6 +572,8 @@ def labels_loss(logits: tf.Tensor, labels: tf.Tensor, num_labels: int, problem_t
             return tf.reduce_mean(tf.square(tf.reshape(logits, [-1]) - tf.reshape(labels, [-1])))
         return tf.reduce_mean(tf.square(logits - labels))
     if choice.function == CROSS_ENTROPY:
+        if tf.executing_eagerly():  # in a graph TensorFlow's own check raises when the step runs
+            check_class_targets(labels.numpy(), num_labels)
         targets = tf.reshape(tf.cast(labels, tf.int64), [-1])
         keep = tf.not_equal(targets, choice.ignore_index)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
