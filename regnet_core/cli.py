@@ -3,9 +3,9 @@
 
 Bad input is anything the user can fix: usage, our ValueError subclasses (configs, checkpoints,
 pixel values, outputs), any other ValueError, file-system errors (OSError: missing, a directory
-where a file belongs, permissions, disk full) and a framework that is not installed. Everything
-else is a bug of ours and says so. A reader that closes the pipe early (``regnet list | head -1``)
-ends the command quietly with exit 0.
+where a file belongs, permissions, disk full), running out of memory, and a framework that is not
+installed. Everything else is a bug of ours and says so. A reader that closes the pipe early
+(``regnet list | head -1``) ends the command quietly with exit 0.
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ from .backends import (
     get_backend,
     resolve_checkpoint,
 )
-from .checkpoint import DEFAULT_MAX_SHARD_SIZE, check_destination, is_checkpoint_dir, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    DEFAULT_MAX_SHARD_SIZE,
+    check_destination,
+    is_checkpoint_dir,
+    load_checkpoint,
+    parse_size,
+    save_checkpoint,
+)
 from .complexity import model_complexity
 from .config import RegNetConfig
 from .formats import FORMAT_NAMES
@@ -72,6 +79,15 @@ def _seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text!r}")
     return value
+
+
+def _shard_size(text: str) -> str:
+    """A --max-shard-size checked when the line is parsed (before anything is read), passed on as written."""
+    try:
+        parse_size(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 5GB, 500MB or 1GiB, got {text!r}") from None
+    return text
 
 
 def _human(value: int) -> str:
@@ -365,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-shard-size",
         default=DEFAULT_MAX_SHARD_SIZE,
+        type=_shard_size,
         metavar="SIZE",
         help="shard outputs above this (default 5GB)",
     )
@@ -416,6 +433,8 @@ def _one_line(error: BaseException) -> str:
 
 def error_report(error: BaseException) -> tuple[int, str]:
     """(exit code, the one line printed on stderr) for an exception that ended a command."""
+    if isinstance(error, MemoryError):  # the input asked for more than the machine has (a batch, an image size)
+        return EXIT_BAD_INPUT, f"regnet: error: out of memory: {_one_line(error)} (try a smaller batch or image size)"
     if isinstance(error, USER_ERRORS):
         return EXIT_BAD_INPUT, f"regnet: error: {_one_line(error)}"
     return (

@@ -395,6 +395,11 @@ def open_image(path: str | os.PathLike, where: str | None = None) -> Image.Image
         raise ImageInputError(
             f"{where}: expected an image file (PNG, JPEG, ...), got a file Pillow cannot identify"
         ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageInputError(
+            f"{where}: expected an image within Pillow's size limit, got {error} "
+            "(raise PIL.Image.MAX_IMAGE_PIXELS to open it anyway)"
+        ) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageInputError(f"{where}: expected a readable image file, cannot decode it ({error})") from None
 

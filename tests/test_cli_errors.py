@@ -91,6 +91,8 @@ USER_ERRORS = [
     (["logits", "regnet-x-002", "--input", "{nhwc}", "--output", "{tmp}/y.npy"], "looks like an NHWC batch"),
     (["logits", "regnet-x-002", "--input", "{pickle}", "--output", "{tmp}/y.npy"], "cannot read"),
     (["init", "regnet-x-002", "--framework", "mxnet", "--out", "{tmp}/o"], "unknown framework 'mxnet'"),
+    (["convert", "regnet-x-002", "{tmp}/o", "--max-shard-size", "9" * 400 + "GB"], "expected a size such as 5GB"),
+    (["convert", "regnet-x-002", "{tmp}/o", "--max-shard-size", "-1"], "expected a size such as 5GB"),
 ]
 
 
@@ -128,6 +130,7 @@ def _raiser(error: BaseException):
         (AttributeError("'NoneType' object has no attribute 'x'"), 3, "internal error: AttributeError"),
         (OverflowError("int too large"), 3, "internal error: OverflowError: int too large"),
         (KeyError("stage"), 3, "internal error: KeyError: 'stage'"),
+        (MemoryError("Unable to allocate 562 TiB"), 2, "regnet: error: out of memory: Unable to allocate 562 TiB"),
         (IsADirectoryError(21, "Is a directory", "out"), 2, "regnet: error: [Errno 21] Is a directory: 'out'"),
         (PermissionError(13, "Permission denied", "/root/x"), 2, "regnet: error: [Errno 13] Permission denied"),
         (ValueError("a\n  multi-line\nmessage"), 2, "regnet: error: a multi-line message"),
@@ -226,3 +229,14 @@ def test_a_user_error_in_a_process(tmp_path):
         [*_regnet(), "init", "regnet-x-002", "--out", str(tmp_path), "--seed", "-1"], capture_output=True, text=True
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_an_image_over_pillows_size_limit_is_bad_input(capsys, monkeypatch, tmp_path):
+    """A decompression bomb (here: any image over a limit lowered to 100 pixels) is refused by name, exit 2."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    code, _, err = _run(capsys, "predict", "regnet-x-002", str(tmp_path / "big.png"))
+    assert code == 2
+    assert "expected an image within Pillow's size limit, got Image size (1024 pixels) exceeds limit" in _one_line(err)
