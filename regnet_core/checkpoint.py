@@ -10,6 +10,7 @@ through here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import numpy as np
 
 from .config import CONFIG_NAME, RegNetConfig
 from .containers import open_pickle_state, open_sharded
-from .errors import CheckpointError, OutputExistsError
+from .errors import CheckpointError, OutputError, OutputExistsError
 from .io import atomic_output, clean_stale_temporaries, crash_point, is_empty_directory
 from .safetensors_io import open_safetensors, plan_shards, write_safetensors
 from .tensors import LazyTensor, is_float, itemsize, stored_dtype
@@ -67,15 +68,18 @@ def parse_size(size: int | str) -> int:
     """Bytes from an int or a string such as '5GB', '200MB' or '1GiB'."""
     if isinstance(size, int) and not isinstance(size, bool):
         if size <= 0:
-            raise ValueError(f"max_shard_size must be positive, got {size}")
+            raise OutputError(f"max_shard_size must be positive, got {size}")
         return size
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
     unit = match.group(2).upper() if match else None
     if not match or (unit or "B") not in _SIZE_UNITS:
-        raise ValueError(f"max_shard_size must be bytes or a size like '5GB' or '500MiB', got {size!r}")
-    value = int(float(match.group(1)) * _SIZE_UNITS[unit or "B"])
+        raise OutputError(f"max_shard_size must be bytes or a size like '5GB' or '500MiB', got {size!r}")
+    number = float(match.group(1))
+    if not math.isfinite(number) or number * _SIZE_UNITS[unit or "B"] >= 2**63:
+        raise OutputError(f"max_shard_size must be under 2**63 bytes, got {size!r}")
+    value = int(number * _SIZE_UNITS[unit or "B"])
     if value <= 0:
-        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+        raise OutputError(f"max_shard_size must be positive, got {size!r}")
     return value
 
 

@@ -238,7 +238,12 @@ def atomic_output(
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield an empty temporary file beside ``target``; rename it onto ``target`` (replacing it) if the block succeeds."""
+    """Yield an empty temporary file beside ``target``; rename it onto ``target`` (replacing it) if the block succeeds.
+
+    A file never replaces a directory: ``target`` naming one is refused before anything is written.
+    """
+    if Path(target).is_dir():
+        raise OutputError(f"{target} is a directory; expected the path of a file to write")
     with atomic_output(target, overwrite=True, suffix=suffix) as temporary:
         temporary.touch()
         yield temporary
