@@ -150,7 +150,9 @@ def init_backbone(
     check_memory(require_config(config, "init_backbone"), False, allow_large, what="RegNetBackbone")
     module = RegNetBackbone(config, out_indices, out_features, zero_init_last_bn, dtype=canonical_dtype(dtype))
     dummy = jnp.zeros((1, _INIT_IMAGE_SIZE, _INIT_IMAGE_SIZE, config.num_channels), jnp.float32)
-    return module, dict(jax.jit(module.init)(jax.random.PRNGKey(seed), dummy))
+    with jax.threefry_partitionable(False):  # compiles about 6x faster on CPU (see regnet_flax.init)
+        variables = jax.jit(module.init)(jax.random.PRNGKey(seed), dummy)
+    return module, dict(variables)
 
 
 def backbone_from_canonical(
