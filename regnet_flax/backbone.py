@@ -37,7 +37,7 @@ from regnet_core.features import (
 from regnet_core.resources import check_memory
 from regnet_core.specs import ModelSpec, build_model_spec
 
-from .modeling import Embeddings, Encoder, canonical_dtype, check_input, register_output_pytree
+from .modeling import Embeddings, Encoder, canonical_dtype, check_input, checked_keywords, register_output_pytree
 from .weights import from_native, to_native
 
 register_output_pytree(BackboneOutput)
@@ -51,6 +51,7 @@ _TO_NCHW = (0, 3, 1, 2)
 _PRECISION = "highest"  # full float32 convolutions in the parity adapter (as regnet_flax.backend)
 
 
+@checked_keywords
 class RegNetBackbone(FeatureMapsMixin, nn.Module):
     """Feature maps (NHWC) of chosen outputs: ``out_indices`` into (stem, stage1, ..., stageN), default every stage.
 

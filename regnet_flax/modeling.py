@@ -27,6 +27,7 @@ classifier and so the logits are float32.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_core.config import RegNetConfig, require_config
+from regnet_core.config import RegNetConfig, reject_keywords, require_config
 from regnet_core.errors import PixelValuesError
 from regnet_core.outputs import (
     CROSS_ENTROPY,
@@ -441,10 +442,31 @@ def check_input(pixel_values: jax.Array, num_channels: int) -> None:
     )
 
 
+def checked_keywords(cls: type[nn.Module]) -> type[nn.Module]:
+    """Make a public module's constructor refuse unknown keywords with our error and the nearest field name.
+
+    Linen modules are dataclasses, whose own refusal is a bare TypeError naming no alternative.
+    """
+    dataclass_init = cls.__init__
+    accepted = tuple(
+        field.name for field in dataclasses.fields(cls) if field.init and field.name not in ("parent", "name")
+    )
+
+    @functools.wraps(dataclass_init)
+    def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        unknown = {key: value for key, value in kwargs.items() if key not in (*accepted, "parent", "name")}
+        reject_keywords(unknown, f"{cls.__name__}()", accepted)
+        dataclass_init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
 def _spec_of(config: RegNetConfig) -> ModelSpec:
     return build_model_spec(require_config(config, "a Flax RegNet module"))
 
 
+@checked_keywords
 class RegNetModel(nn.Module):
     """The RegNet trunk: stem and stages, with global average pooling (NHWC)."""
 
@@ -479,6 +501,7 @@ class RegNetModel(nn.Module):
         return from_pretrained(directory, with_head=False, **kwargs)
 
 
+@checked_keywords
 class RegNetForImageClassification(nn.Module):
     """RegNet trunk plus a linear classifier on the pooled features (identity when num_labels is 0)."""
 

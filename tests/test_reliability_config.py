@@ -302,6 +302,24 @@ def test_flax_keywords_and_config_types(checkpoint):
         regnet_flax.init(tiny().to_dict())
 
 
+@requires("flax")
+def test_flax_module_constructors_name_the_nearest_field():
+    from regnet_flax import RegNetForImageClassification, RegNetModel
+    from regnet_flax.backbone import RegNetBackbone
+
+    for module in (RegNetModel, RegNetForImageClassification):
+        with pytest.raises(
+            ConfigTypeError, match=f"{module.__name__}\\(\\) got an unknown keyword 'zero_init_lastbn' \\(did you mean"
+        ):
+            module(tiny(), zero_init_lastbn=True)
+    with pytest.raises(ConfigTypeError, match="'out_indice' \\(did you mean 'out_indices'\\?\\)"):
+        RegNetBackbone(tiny(), out_indice=(1,))
+    # Known fields, positional or by name, and Linen's clone() still build the module.
+    model = RegNetForImageClassification(tiny(), zero_init_last_bn=True, axis_name=None)
+    assert model.clone(axis_name="batch").axis_name == "batch"
+    assert RegNetBackbone(tiny(), (1,)).out_indices == (1,)
+
+
 # ----------------------------------------------------------------------------- memory
 def test_estimate_equals_the_full_table_for_every_zoo_model():
     for name, entry in ZOO.items():
