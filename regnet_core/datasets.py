@@ -32,6 +32,14 @@ class ImageSplit:
     images: np.ndarray
     labels: np.ndarray
 
+    def __post_init__(self) -> None:
+        images, labels = np.asarray(self.images), np.asarray(self.labels)
+        if images.ndim != 4 or labels.shape != (images.shape[:1]) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"expected a 4-D image batch and one integer label per image, got images {images.shape} "
+                f"and labels {labels.shape} {labels.dtype}"
+            )
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 

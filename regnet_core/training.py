@@ -109,6 +109,25 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
+def fit_plan(
+    num_examples: int, batch_size: int, epochs: int, sgd: SGDConfig, schedule: str = "cosine", warmup_steps: int = 0
+) -> tuple[int, np.ndarray]:
+    """(steps per epoch, learning rate of every step) of a ``fit``; bad arguments raise one ValueError naming each."""
+    problems = []
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+        problems.append(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 2:
+        problems.append(f"batch_size must be an integer >= 2 (BatchNorm needs a batch), got {batch_size!r}")
+    elif num_examples < batch_size:
+        problems.append(f"need at least one full batch: {num_examples} training examples < batch_size {batch_size}")
+    if not isinstance(sgd, SGDConfig):
+        problems.append(f"sgd must be an SGDConfig, got {type(sgd).__name__}")
+    if problems:
+        raise ValueError("cannot fit: " + "; ".join(problems))
+    per_epoch = steps_per_epoch(num_examples, batch_size)
+    return per_epoch, learning_rates(sgd.learning_rate, epochs * per_epoch, schedule, warmup_steps)
+
+
 @dataclass
 class History:
     """Per-epoch mean training loss and held-out loss / accuracy, every step's loss, the wall time of ``fit`` (s)."""

@@ -39,8 +39,7 @@ from regnet_core.training import (
     SGDConfig,
     accuracy,
     epoch_batches,
-    learning_rates,
-    steps_per_epoch,
+    fit_plan,
 )
 
 from .modeling import RegNetForImageClassification
@@ -163,8 +162,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    per_epoch = steps_per_epoch(len(train), batch_size)
-    rates = learning_rates(sgd.learning_rate, epochs * per_epoch, schedule, warmup_steps)
+    per_epoch, rates = fit_plan(len(train), batch_size, epochs, sgd, schedule, warmup_steps)
     # Copies: the step donates its state, and the caller keeps its variables.
     state = create_train_state(module, jax.tree.map(jnp.array, dict(variables)), make_optimizer(sgd, rates))
     images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)

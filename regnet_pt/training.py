@@ -28,8 +28,7 @@ from regnet_core.training import (
     SGDConfig,
     accuracy,
     epoch_batches,
-    learning_rates,
-    steps_per_epoch,
+    fit_plan,
 )
 
 from .modeling import RegNetForImageClassification
@@ -109,8 +108,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    per_epoch = steps_per_epoch(len(train), batch_size)
-    rates = learning_rates(sgd.learning_rate, epochs * per_epoch, schedule, warmup_steps)
+    per_epoch, rates = fit_plan(len(train), batch_size, epochs, sgd, schedule, warmup_steps)
     optimizer = make_optimizer(model, sgd)
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     history = History()

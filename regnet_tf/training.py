@@ -36,8 +36,7 @@ from regnet_core.training import (
     SGDConfig,
     accuracy,
     epoch_batches,
-    learning_rates,
-    steps_per_epoch,
+    fit_plan,
 )
 
 from .modeling import RegNetForImageClassification
@@ -174,8 +173,7 @@ def fit(
     Same learning rates and batches as ``regnet_pt.training.fit`` (see regnet_core.training);
     held-out loss and accuracy on ``val`` after every epoch; Keras' progress bar when ``progress``.
     """
-    per_epoch = steps_per_epoch(len(train), batch_size)
-    rates = learning_rates(sgd.learning_rate, epochs * per_epoch, schedule, warmup_steps)
+    per_epoch, rates = fit_plan(len(train), batch_size, epochs, sgd, schedule, warmup_steps)
     model.compile(optimizer=make_optimizer(sgd, rates), metrics=["accuracy"], jit_compile=jit_compile)
     dataset = training_dataset(train, batch_size, epochs, seed)
     validation = None if val is None else (val.images, val.labels)

@@ -19,6 +19,7 @@ from regnet_core.training import (
     STEP_ERROR_FACTOR,
     SGDConfig,
     epoch_batches,
+    fit_plan,
     learning_rates,
     step_accuracy_problems,
     trained_tensor_names,
@@ -73,6 +74,26 @@ def test_epoch_batches_are_seeded_permutations_without_the_incomplete_batch():
         epoch_batches(10, 1, 0)
     with pytest.raises(ValueError, match="at least one full batch"):
         epoch_batches(3, 4, 0)
+
+
+def test_fit_plan_names_every_bad_argument():
+    per_epoch, rates = fit_plan(100, 32, 2, SGDConfig(0.1))
+    assert per_epoch == 3 and len(rates) == 6 and rates[0] == 0.1
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0.*sgd must be an SGDConfig"):
+        fit_plan(100, 32, 0, {"lr": 0.1})
+    with pytest.raises(ValueError, match="at least one full batch: 10 training examples < batch_size 32"):
+        fit_plan(10, 32, 1, SGDConfig())
+
+
+def test_image_split_refuses_mismatched_labels():
+    from regnet_core.datasets import ImageSplit
+
+    with pytest.raises(
+        ValueError, match="one integer label per image, got images \\(4, 3, 8, 8\\) and labels \\(3,\\)"
+    ):
+        ImageSplit(np.zeros((4, 3, 8, 8), np.float32), np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="float64"):
+        ImageSplit(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4))
 
 
 @requires("torch")
