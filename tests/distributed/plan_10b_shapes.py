@@ -99,9 +99,13 @@ def main() -> None:
 
 
 def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this process's own peak: getrusage's ru_maxrss carries the parent's peak over
+    # fork and exec on Linux (a pytest worker at 3 GB made this worker read 3 GB).
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM line in /proc/self/status")
 
 
 if __name__ == "__main__":
