@@ -422,8 +422,12 @@ class RegNetPreTrainedModel(nn.Module):
         on_meta = device.type == "meta"
         if not on_meta:
             tensors = {name: value.to(device) for name, value in tensors.items()}
+        else:  # assigned tensors arrive NCHW-contiguous: each is made channels_last, its NCHW copy dropped at once
+            for name in list(tensors):
+                if tensors[name].dim() == 4:
+                    tensors[name] = tensors[name].contiguous(memory_format=torch.channels_last)
         self.load_state_dict(tensors, strict=strict, assign=on_meta)
-        if on_meta:  # assigned tensors arrive NCHW-contiguous; copies into existing weights keep their layout
+        if on_meta:  # copies into existing weights keep their layout; assigned ones were converted above
             self.use_channels_last()
 
     def reset_classifier(self) -> None:

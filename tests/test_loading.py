@@ -68,11 +68,13 @@ def test_half_precision_checkpoints_load_in_every_backend(tmp_path: Path, framew
 
 
 _CHILD = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 framework, path = sys.argv[1:3]
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():  # VmHWM: ru_maxrss would carry the parent's (pytest's) peak over fork and exec
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 if framework == "pt":
     import torch
     from regnet_pt import RegNetForImageClassification as Model
