@@ -22,6 +22,7 @@ import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputError, OutputExistsError
 
@@ -259,3 +260,158 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], None], suffi
     """Call ``write(temporary_path)`` and move the result onto ``target`` only if it succeeds."""
     with atomic_path(target, suffix) as temporary:
         write(temporary)
+
+
+# Large outputs are written around the page cache (O_DIRECT) where the system allows it: the
+# data goes to the disk from two reused, page-aligned buffers while the caller prepares the
+# next bytes, instead of being copied into fresh page-cache pages and flushed by the fsync
+# that every output gets. On the VMs measured here that copy ran at 0.3 to 0.8 GB/s; direct
+# writes ran at 1.1 to 1.7 GB/s. Smaller outputs, and systems without O_DIRECT, use a buffered file.
+DIRECT_IO_FROM = 64 << 20  # bytes: outputs expected to be at least this large go direct
+DIRECT_IO_VARIABLE = "REGNET_DIRECT_IO"  # "0" turns direct writes off
+_DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT writes are multiples of this
+_DIRECT_CHUNK = 8 << 20
+
+
+class DirectWriter:
+    """A write-only file written in order through O_DIRECT, two staging buffers and a writer thread.
+
+    ``write`` copies into the current buffer; a full buffer is handed to the thread, which
+    writes it while the caller fills the other. ``close`` pads the last piece to the
+    alignment, writes it, and truncates the file to the bytes given. Where the file system
+    refuses an unbuffered write (EINVAL), the descriptor drops O_DIRECT and carries on buffered.
+    An error in the thread is raised by the next ``write`` or by ``close``.
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk: int = _DIRECT_CHUNK) -> None:
+        import mmap
+        import queue
+        import threading
+
+        if chunk <= 0 or chunk % _DIRECT_ALIGN:
+            raise ValueError(f"chunk must be a positive multiple of {_DIRECT_ALIGN}, got {chunk}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | os.O_DIRECT
+        self.name = str(path)
+        self._fd: int | None = os.open(path, flags, 0o666)
+        self._chunk = chunk
+        self._buffers = [mmap.mmap(-1, chunk) for _ in range(2)]  # anonymous maps are page aligned
+        self._views = [memoryview(buffer) for buffer in self._buffers]
+        self._current = 0
+        self._fill = 0
+        self._total = 0
+        self._error: BaseException | None = None
+        self._broken = False  # an error was raised: nothing more is written
+        self._free: queue.Queue[int] = queue.Queue()
+        self._free.put(1)
+        self._pending: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, name="regnet-direct-writer", daemon=True)
+        self._thread.start()
+
+    def _write_all(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self._fd, view[done:])  # type: ignore[arg-type]
+            except OSError as error:
+                if error.errno != errno.EINVAL or not self._drop_direct():
+                    raise
+
+    def _drop_direct(self) -> bool:
+        import fcntl
+
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)  # type: ignore[arg-type]
+        if not flags & os.O_DIRECT:
+            return False
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)  # type: ignore[arg-type]
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            item = self._pending.get()
+            if item is None:
+                return
+            index, length = item
+            if self._error is None and not self._broken:
+                try:
+                    self._write_all(self._views[index][:length])
+                except BaseException as error:  # noqa: BLE001 (handed to the caller's thread)
+                    # without its traceback, whose frames would hold views of the buffers open
+                    self._error = error.with_traceback(None)
+            self._free.put(index)
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._broken = True
+            raise error
+
+    def _submit(self, length: int) -> None:
+        self._pending.put((self._current, length))
+        self._current = self._free.get()
+        self._fill = 0
+        self._raise_pending()
+
+    def write(self, data: Any) -> int:
+        """Append bytes (any C-contiguous buffer); returns how many."""
+        if self._fd is None or self._broken:
+            raise ValueError(f"write to {'closed' if self._fd is None else 'failed'} file {self.name}")
+        view = memoryview(data).cast("B")
+        size = len(view)
+        position = 0
+        while position < size:
+            take = min(self._chunk - self._fill, size - position)
+            self._views[self._current][self._fill : self._fill + take] = view[position : position + take]
+            self._fill += take
+            position += take
+            if self._fill == self._chunk:
+                self._submit(self._chunk)
+        self._total += size
+        return size
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._total
+
+    def close(self) -> None:
+        """Write what is left, wait for the thread, and set the file's length; raises the thread's error."""
+        if self._fd is None:
+            return
+        try:
+            if self._fill and self._error is None and not self._broken:
+                padded = -(-self._fill // _DIRECT_ALIGN) * _DIRECT_ALIGN
+                self._views[self._current][self._fill : padded] = bytes(padded - self._fill)
+                self._pending.put((self._current, padded))
+                self._current = self._free.get()
+            self._pending.put(None)
+            self._thread.join()
+            self._raise_pending()
+            if not self._broken:
+                os.ftruncate(self._fd, self._total)
+        finally:
+            if self._thread.is_alive():  # an error on the way here: stop the thread before the buffers go
+                self._pending.put(None)
+                self._thread.join()
+            os.close(self._fd)
+            self._fd = None
+            for view in self._views:
+                view.release()
+            for buffer in self._buffers:
+                with contextlib.suppress(BufferError):  # a view still held elsewhere: the map goes with it
+                    buffer.close()
+
+    def __enter__(self) -> DirectWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_output_file(path: str | os.PathLike, expected_bytes: int = 0) -> Any:
+    """A binary file to write ``path`` in order: a DirectWriter for large outputs where O_DIRECT works, else open()."""
+    if expected_bytes >= DIRECT_IO_FROM and hasattr(os, "O_DIRECT") and os.environ.get(DIRECT_IO_VARIABLE, "1") != "0":
+        try:
+            return DirectWriter(path)
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+    return open(path, "wb")  # noqa: SIM115 (the caller closes it)

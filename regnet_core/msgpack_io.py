@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import CheckpointError
+from .io import open_output_file
 from .tensors import (
     MAX_NDIM,
     LazyTensor,
@@ -39,6 +40,7 @@ from .tensors import (
     from_storage,
     itemsize,
     materialize,
+    read_into,
     shape_problem,
     stored_dtype,
     to_storage,
@@ -304,21 +306,6 @@ def _raw_dtype(dtype: str) -> np.dtype:
     return np.dtype("<u2") if dtype == "bfloat16" else np.dtype(dtype).newbyteorder("<")
 
 
-def _read_into(path: Path, offset: int, target: np.ndarray) -> None:
-    view = memoryview(target.reshape(-1).view(np.uint8))
-    try:
-        with open(path, "rb", buffering=0) as handle:
-            handle.seek(offset)
-            done = 0
-            while done < len(view):
-                count = handle.readinto(view[done:])
-                if not count:
-                    raise CheckpointError(f"{path} ended while reading an array: was it truncated after opening?")
-                done += count
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
-
-
 def _stored_loader(path: Path, pieces: list[_Array], shape: tuple[int, ...], dtype: str) -> Callable[[], np.ndarray]:
     """The values as stored (bfloat16 as uint16 bit patterns), read from the file's pieces into one array."""
 
@@ -328,7 +315,7 @@ def _stored_loader(path: Path, pieces: list[_Array], shape: tuple[int, ...], dty
         for piece in pieces:
             count = piece.nbytes // raw.itemsize
             if count:
-                _read_into(path, piece.offset, raw[start : start + count])
+                read_into(path, piece.offset, raw[start : start + count], "an array")
             start += count
         return raw.astype(raw.dtype.newbyteorder("="), copy=False).reshape(shape)
 
@@ -536,13 +523,15 @@ def write_msgpack(
     """
     dtypes = dict(dtypes or {})
     limit = MAX_CHUNK_SIZE if chunk_size is None else int(chunk_size)
+    expected = 0
     for path, value in _leaves(tree):
         dtype = dtypes.get(path) or stored_dtype(value)
-        itemsize(dtype)  # an unknown dtype is refused before anything is written
+        size = itemsize(dtype)  # an unknown dtype is refused before anything is written
         if not isinstance(value, LazyTensor) and not hasattr(value, "shape"):
             raise CheckpointError(f"{path}: expected an array or a LazyTensor, got {type(value).__name__}")
+        expected += size * int(np.prod(value.shape, dtype=np.int64))
     own = not hasattr(target, "write")
-    handle = open(target, "wb") if own else target  # noqa: SIM115 (closed below)
+    handle = open_output_file(target, expected) if own else target
     try:
         return _write_node(handle, tree, "", dtypes, progress, limit)
     finally:

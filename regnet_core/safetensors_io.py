@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import CheckpointError
+from .io import open_output_file
 from .tensors import (
     LazyTensor,
     check_finite,
@@ -27,6 +28,7 @@ from .tensors import (
     from_storage,
     itemsize,
     materialize,
+    read_into,
     shape_problem,
     stored_dtype,
     to_storage,
@@ -135,18 +137,7 @@ def _reader(
 ) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         raw = np.empty(shape, _raw_dtype(dtype))
-        try:
-            with open(path, "rb", buffering=0) as handle:
-                handle.seek(start + begin)
-                view = memoryview(raw.reshape(-1).view(np.uint8)) if raw.size else memoryview(b"")
-                read = 0
-                while read < end - begin:
-                    count = handle.readinto(view[read:])
-                    if not count:
-                        raise CheckpointError(f"{path} ended while reading a tensor: was it truncated after opening?")
-                    read += count
-        except OSError as error:
-            raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+        read_into(path, start + begin, raw)
         return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
     return load
@@ -205,7 +196,7 @@ def write_safetensors(
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % _ALIGN)
     own = not hasattr(handle_or_path, "write")
-    handle = open(handle_or_path, "wb") if own else handle_or_path  # noqa: SIM115 (closed below)
+    handle = open_output_file(handle_or_path, 8 + len(text) + offset) if own else handle_or_path
     try:
         handle.write(struct.pack("<Q", len(text)))
         handle.write(text)

@@ -76,6 +76,22 @@ def shape_problem(shape: Any, dtype: str) -> str:
     return ""
 
 
+def read_into(path: Any, offset: int, target: np.ndarray, what: str = "a tensor") -> None:
+    """Fill a C-contiguous array with a file's bytes from ``offset``; a short file or a failed read is a CheckpointError."""
+    view = memoryview(target.reshape(-1).view(np.uint8)) if target.size else memoryview(b"")
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            handle.seek(offset)
+            done = 0
+            while done < len(view):
+                count = handle.readinto(view[done:])
+                if not count:
+                    raise CheckpointError(f"{path} ended while reading {what}: was it truncated after opening?")
+                done += count
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+
+
 def is_float(dtype: str) -> bool:
     """True for the floating dtypes a weight may have."""
     return dtype in FLOAT_DTYPES

@@ -40,7 +40,7 @@ from .base import CHANNELS_LAST, KERAS_BN, ForeignCheckpoint, Format, ReferenceU
 from .base import from_canonical_layout as _to_format_layout
 from .hf import is_regnet_config, transformers_cannot_build, transformers_config_fields
 from .keras_native import SUFFIX as KERAS_SUFFIX
-from .keras_native import h5_tensor, open_h5, require_h5py, text, write_h5_tensor
+from .keras_native import h5_child, h5_tensor, open_h5, require_h5py, text, write_h5_tensor
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 TF_INDEX_NAME = "tf_model.h5.index.json"
@@ -156,12 +156,12 @@ def _entries(handle: Any, path: Path) -> dict[str, Any]:
         out[name] = dataset
 
     for layer in layers:
-        item = handle.get(layer)
+        item = h5_child(handle, layer)
         if isinstance(item, h5py.Dataset):  # shard layout: the name is the dataset's path
             add(layer, item)
         elif isinstance(item, h5py.Group):
             for weight in read_names(item, "weight_names") or []:
-                dataset = item.get(weight)
+                dataset = h5_child(item, weight)
                 if not isinstance(dataset, h5py.Dataset):
                     raise CheckpointError(
                         f"{path}: the layer {layer!r} lists the weight {weight!r} in weight_names but holds no array there"
@@ -370,7 +370,7 @@ def _is_single_file(path: Path) -> bool:
     h5py = require_h5py()
     with open_h5(path, "a transformers TF weights file") as handle:
         layers = read_names(handle, "layer_names") or []
-        return all(isinstance(handle.get(layer), h5py.Group) for layer in layers)
+        return all(isinstance(h5_child(handle, layer), h5py.Group) for layer in layers)
 
 
 def _transformers_tf() -> Any:

@@ -30,7 +30,16 @@ import numpy as np
 from ..config import RegNetConfig
 from ..errors import CheckpointError, FormatError, UnsafeCheckpointError
 from ..specs import ModelSpec, build_model_spec
-from ..tensors import LazyTensor, check_finite, dtype_name, from_storage, itemsize, shape_problem, to_storage
+from ..tensors import (
+    LazyTensor,
+    check_finite,
+    dtype_name,
+    from_storage,
+    itemsize,
+    read_into,
+    shape_problem,
+    to_storage,
+)
 from ..weights import (
     BN_BIAS,
     BN_COUNT,
@@ -254,6 +263,14 @@ _H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
 MAX_H5_LINKS = 1_000_000  # a RegNet weights file has a few thousand
 
 
+def h5_child(group: Any, name: str) -> Any:
+    """``group[name]``, or None where nothing is there (h5py's ``get`` looks the name up twice)."""
+    try:
+        return group[name]
+    except KeyError:
+        return None
+
+
 def check_h5_dataset(dataset: Any, path: Path) -> None:
     """Refuse a dataset whose values live in another file (external storage or a virtual dataset)."""
     if dataset.is_virtual or dataset.external:
@@ -269,7 +286,7 @@ def check_h5_self_contained(handle: Any, path: Path) -> None:
     count = 0
     problems: list[CheckpointError] = []
 
-    def visit(name: str, link: Any) -> bool | None:
+    def visit_link(name: bytes, info: Any) -> bool | None:
         # h5py's visitor cannot raise through HDF5: record the problem and stop the walk (a non-None return).
         nonlocal count
         count += 1
@@ -277,22 +294,29 @@ def check_h5_self_contained(handle: Any, path: Path) -> None:
             problems.append(
                 CheckpointError(f"{path} holds more than {MAX_H5_LINKS} HDF5 objects; a weights file holds far fewer")
             )
-        elif isinstance(link, h5py.ExternalLink):
+        elif info.type == h5py.h5l.TYPE_EXTERNAL:
+            link = handle.get(name.decode("utf8", "replace"), getlink=True)
             problems.append(
                 UnsafeCheckpointError(
-                    f"{path}: /{name} is a link to {link.filename}:{link.path}, outside this file; refusing it"
+                    f"{path}: /{name.decode('utf8', 'replace')} is a link to {link.filename}:{link.path}, "
+                    "outside this file; refusing it"
                 )
             )
-        elif isinstance(link, h5py.HardLink):
-            item = handle.get(name)
-            if isinstance(item, h5py.Dataset):
-                try:
-                    check_h5_dataset(item, path)
-                except CheckpointError as error:
-                    problems.append(error)
         return True if problems else None
 
-    handle.visititems_links(visit)
+    def visit_object(name: str, item: Any) -> bool | None:
+        if isinstance(item, h5py.Dataset):
+            try:
+                check_h5_dataset(item, path)
+            except CheckpointError as error:
+                problems.append(error)
+        return True if problems else None
+
+    # Every link first, by the low-level walk (h5py's visititems_links looks each one up by name):
+    # then the object walk, which follows hard links only, never leaves the file.
+    handle.id.links.visit(visit_link, info=True)
+    if not problems:
+        handle.visititems(visit_object)  # each object once, handed over without a lookup by name
     if problems:
         raise problems[0]
 
@@ -333,7 +357,8 @@ def h5_dtype(dataset: Any) -> str:
     """The stored dtype name of a dataset: Keras marks bfloat16 (2-byte opaque) with the attribute ``dtype``."""
     if text(dataset.attrs.get("dtype", "")) == "bfloat16" and dataset.dtype.itemsize == 2:
         return "bfloat16"
-    return dtype_name(dataset.dtype)
+    stored = dataset.dtype
+    return dtype_name(stored.newbyteorder("=") if stored.byteorder in "<>" else stored)  # values load in native order
 
 
 def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
@@ -352,6 +377,16 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
         raise CheckpointError(f"{source} in {path}: {problem}")
     check_h5_dataset(dataset, path)
     _check_h5_storage(dataset, path, source, shape, dtype)
+    offset = _contiguous_offset(dataset)
+    if offset is not None:  # plain bytes at a known place: read them as safetensors' are, without HDF5
+        raw_dtype = np.dtype("<u2") if dtype == "bfloat16" else dataset.dtype
+
+        def stored() -> np.ndarray:
+            raw = np.empty(shape, raw_dtype)
+            read_into(path, offset, raw, source)
+            return raw.astype(raw.dtype.newbyteorder("="), copy=False)
+
+        return LazyTensor(shape, dtype, lambda: from_storage(stored(), dtype), f"{source} in {path}", stored)
 
     def load() -> np.ndarray:
         with open_h5(path, f"the HDF5 file holding {source}", check=False) as handle:  # the file was checked on open
@@ -361,9 +396,21 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
                 raise CheckpointError(f"{source} in {path} changed since the file was opened")
             raw = item[()]
         raw = np.asarray(raw)
+        raw = raw.astype(raw.dtype.newbyteorder("="), copy=False)
         return from_storage(raw.view(np.uint16), dtype) if dtype == "bfloat16" else raw
 
     return LazyTensor(shape, dtype, load, f"{source} in {path}")
+
+
+def _contiguous_offset(dataset: Any) -> int | None:
+    """Where a contiguous, unfiltered dataset's bytes start in its file (None for chunked, compact or empty data)."""
+    if dataset.chunks is not None or dataset.external or dataset.dtype.kind not in "fV":
+        return None
+    try:
+        offset = dataset.id.get_offset()
+    except (RuntimeError, ValueError, OSError):
+        return None
+    return None if offset is None or offset < 0 else int(offset)
 
 
 def _check_h5_storage(dataset: Any, path: Path, source: str, shape: tuple[int, ...], dtype: str) -> None:
@@ -422,7 +469,7 @@ def _walk(handle: Any, path: Path) -> tuple[dict[str, LazyTensor], list[str]]:
     ignored: list[str] = []
 
     def visit(group: Any, layers: list[str], top: bool) -> None:
-        own = group.get(VARS)
+        own = h5_child(group, VARS)
         if isinstance(own, h5py.Group):
             if not top:
                 layers = [*layers, text(own.attrs.get("name", group.name.rsplit("/", 1)[-1]))]
