@@ -24,7 +24,15 @@ from .checkpoint import DEFAULT_MAX_SHARD_SIZE, output_dtype, parse_size
 from .config import LOADING_KEYWORDS, RegNetConfig, check_field_names
 from .errors import CheckpointError, FormatError
 from .formats import detect_format, get_format, neutral
-from .formats.base import ForeignCheckpoint, Format, ReferenceUnavailable, WriteRequest, to_canonical_layout
+from .formats.base import (
+    TORCH_LAYOUT,
+    ForeignCheckpoint,
+    Format,
+    ReferenceUnavailable,
+    WriteRequest,
+    from_canonical_layout,
+    to_canonical_layout,
+)
 from .formats.infer import InferredConfig, infer_config, zoo_matches
 from .hub import HubError, download, looks_like_hub_id
 from .io import atomic_output
@@ -266,12 +274,28 @@ def write_checkpoint(
         raise ValueError(f"the destination {destination} is the source itself; write somewhere else")
     dtypes = {name: output_dtype(tensor, dtype) for name, tensor in checkpoint.tensors.items()}
     bar = ProgressBar(checkpoint.nbytes, len(checkpoint.tensors), f"writing {fmt.name}", enabled=progress)
-    prefetcher = Prefetcher(checkpoint.tensors)
+    # A background thread reads the next tensors, and puts them in the format's layout, while
+    # the current one is written.
+    if fmt.layout == TORCH_LAYOUT:
+        prefetcher = Prefetcher(checkpoint.tensors)
+        tensors, prepared = prefetcher.wrap(), None
+    else:
+        prefetcher = Prefetcher({n: from_canonical_layout(t, n, fmt.layout) for n, t in checkpoint.tensors.items()})
+        tensors, prepared = checkpoint.tensors, prefetcher.wrap()
     try:
         with atomic_output(destination, overwrite=overwrite) as temporary:
             preprocessor = checkpoint.foreign.extra.get("preprocessor") if checkpoint.foreign is not None else None
             request = WriteRequest(
-                temporary, checkpoint.config, prefetcher.wrap(), dtypes, max_bytes, bar, preprocessor, destination
+                temporary,
+                checkpoint.config,
+                tensors,
+                dtypes,
+                max_bytes,
+                bar,
+                preprocessor,
+                destination,
+                prepared,
+                fmt.layout,
             )
             written = fmt.write(request)
     finally:

@@ -273,45 +273,45 @@ _DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT writes
 _DIRECT_CHUNK = 8 << 20
 
 
-class DirectWriter:
-    """A write-only file written in order through O_DIRECT, two staging buffers and a writer thread.
+def direct_io_wanted(expected_bytes: int) -> bool:
+    """True when an output of this size should be written with O_DIRECT (the system has it, not turned off)."""
+    return (
+        expected_bytes >= DIRECT_IO_FROM and hasattr(os, "O_DIRECT") and os.environ.get(DIRECT_IO_VARIABLE, "1") != "0"
+    )
 
-    ``write`` copies into the current buffer; a full buffer is handed to the thread, which
-    writes it while the caller fills the other. ``close`` pads the last piece to the
-    alignment, writes it, and truncates the file to the bytes given. Where the file system
-    refuses an unbuffered write (EINVAL), the descriptor drops O_DIRECT and carries on buffered.
-    An error in the thread is raised by the next ``write`` or by ``close``.
+
+class _StagedWriter:
+    """Two page-aligned staging buffers and a thread that writes filled ones at their file offsets (pwrite).
+
+    Where the file system refuses an unbuffered write (EINVAL), the descriptor drops O_DIRECT
+    and carries on buffered. An error in the thread is raised by the next call that hands
+    it work, or by ``close``; after it nothing more is written.
     """
 
-    def __init__(self, path: str | os.PathLike, chunk: int = _DIRECT_CHUNK) -> None:
+    def __init__(self, descriptor: int, name: str, chunk: int) -> None:
         import mmap
         import queue
         import threading
 
-        if chunk <= 0 or chunk % _DIRECT_ALIGN:
-            raise ValueError(f"chunk must be a positive multiple of {_DIRECT_ALIGN}, got {chunk}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | os.O_DIRECT
-        self.name = str(path)
-        self._fd: int | None = os.open(path, flags, 0o666)
+        self.name = name
+        self._fd: int | None = descriptor
         self._chunk = chunk
         self._buffers = [mmap.mmap(-1, chunk) for _ in range(2)]  # anonymous maps are page aligned
         self._views = [memoryview(buffer) for buffer in self._buffers]
         self._current = 0
-        self._fill = 0
-        self._total = 0
         self._error: BaseException | None = None
         self._broken = False  # an error was raised: nothing more is written
         self._free: queue.Queue[int] = queue.Queue()
         self._free.put(1)
-        self._pending: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self._pending: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._drain, name="regnet-direct-writer", daemon=True)
         self._thread.start()
 
-    def _write_all(self, view: memoryview) -> None:
+    def _pwrite_all(self, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):
             try:
-                done += os.write(self._fd, view[done:])  # type: ignore[arg-type]
+                done += os.pwrite(self._fd, view[done:], offset + done)  # type: ignore[arg-type]
             except OSError as error:
                 if error.errno != errno.EINVAL or not self._drop_direct():
                     raise
@@ -330,10 +330,10 @@ class DirectWriter:
             item = self._pending.get()
             if item is None:
                 return
-            index, length = item
+            index, offset, length = item
             if self._error is None and not self._broken:
                 try:
-                    self._write_all(self._views[index][:length])
+                    self._pwrite_all(self._views[index][:length], offset)
                 except BaseException as error:  # noqa: BLE001 (handed to the caller's thread)
                     # without its traceback, whose frames would hold views of the buffers open
                     self._error = error.with_traceback(None)
@@ -345,50 +345,28 @@ class DirectWriter:
             self._broken = True
             raise error
 
-    def _submit(self, length: int) -> None:
-        self._pending.put((self._current, length))
-        self._current = self._free.get()
-        self._fill = 0
-        self._raise_pending()
-
-    def write(self, data: Any) -> int:
-        """Append bytes (any C-contiguous buffer); returns how many."""
+    def _check_open(self) -> None:
         if self._fd is None or self._broken:
             raise ValueError(f"write to {'closed' if self._fd is None else 'failed'} file {self.name}")
-        view = memoryview(data).cast("B")
-        size = len(view)
-        position = 0
-        while position < size:
-            take = min(self._chunk - self._fill, size - position)
-            self._views[self._current][self._fill : self._fill + take] = view[position : position + take]
-            self._fill += take
-            position += take
-            if self._fill == self._chunk:
-                self._submit(self._chunk)
-        self._total += size
-        return size
 
-    def tell(self) -> int:
-        """Bytes written so far."""
-        return self._total
+    def _submit(self, offset: int, length: int) -> None:
+        """Hand the current buffer's first ``length`` bytes to the thread, for ``offset``; take the other buffer."""
+        self._pending.put((self._current, offset, length))
+        self._current = self._free.get()
+        self._raise_pending()
 
-    def close(self) -> None:
-        """Write what is left, wait for the thread, and set the file's length; raises the thread's error."""
+    def _finish(self, last: Callable[[], None]) -> None:
+        """Wait for the thread, then run ``last`` (unless something failed); close everything whatever happens."""
         if self._fd is None:
             return
         try:
-            if self._fill and self._error is None and not self._broken:
-                padded = -(-self._fill // _DIRECT_ALIGN) * _DIRECT_ALIGN
-                self._views[self._current][self._fill : padded] = bytes(padded - self._fill)
-                self._pending.put((self._current, padded))
-                self._current = self._free.get()
             self._pending.put(None)
             self._thread.join()
             self._raise_pending()
             if not self._broken:
-                os.ftruncate(self._fd, self._total)
+                last()
         finally:
-            if self._thread.is_alive():  # an error on the way here: stop the thread before the buffers go
+            if self._thread.is_alive():
                 self._pending.put(None)
                 self._thread.join()
             os.close(self._fd)
@@ -399,7 +377,117 @@ class DirectWriter:
                 with contextlib.suppress(BufferError):  # a view still held elsewhere: the map goes with it
                     buffer.close()
 
+
+def _open_direct(path: str | os.PathLike, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | os.O_DIRECT, 0o666)
+
+
+class DirectWriter(_StagedWriter):
+    """A new file written in order through O_DIRECT, two staging buffers and a writer thread.
+
+    ``write`` copies into the current buffer; a full buffer is written by the thread while
+    the caller fills the other. ``close`` pads the last piece to the alignment, writes it,
+    and truncates the file to the bytes given.
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk: int = _DIRECT_CHUNK) -> None:
+        if chunk <= 0 or chunk % _DIRECT_ALIGN:
+            raise ValueError(f"chunk must be a positive multiple of {_DIRECT_ALIGN}, got {chunk}")
+        super().__init__(_open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), str(path), chunk)
+        self._fill = 0
+        self._total = 0
+
+    def write(self, data: Any) -> int:
+        """Append bytes (any C-contiguous buffer); returns how many."""
+        self._check_open()
+        view = memoryview(data).cast("B")
+        size = len(view)
+        position = 0
+        while position < size:
+            take = min(self._chunk - self._fill, size - position)
+            self._views[self._current][self._fill : self._fill + take] = view[position : position + take]
+            self._fill += take
+            position += take
+            if self._fill == self._chunk:
+                self._submit(self._total + position - self._chunk, self._chunk)
+                self._fill = 0
+        self._total += size
+        return size
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._total
+
+    def close(self) -> None:
+        """Write what is left, wait for the thread, and set the file's length; raises the thread's error."""
+        if self._fd is not None and self._fill and not self._broken and self._error is None:
+            padded = -(-self._fill // _DIRECT_ALIGN) * _DIRECT_ALIGN
+            self._views[self._current][self._fill : padded] = bytes(padded - self._fill)
+            self._pending.put((self._current, self._total - self._fill, padded))
+            self._current = self._free.get()
+        self._finish(lambda: os.ftruncate(self._fd, self._total))  # type: ignore[arg-type]
+
     def __enter__(self) -> DirectWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class PositionalWriter(_StagedWriter):
+    """Writes byte ranges at given offsets of an existing file (e.g. HDF5 datasets whose space is reserved).
+
+    The 4096-aligned middle of each range goes through O_DIRECT (staged, written by the
+    thread) when ``direct``; the unaligned ends, and everything when not ``direct``, through
+    an ordinary descriptor. Ranges must not overlap what else is written to the file meanwhile.
+    """
+
+    def __init__(self, path: str | os.PathLike, direct: bool, chunk: int = _DIRECT_CHUNK) -> None:
+        descriptor = -1
+        if direct:
+            try:
+                descriptor = _open_direct(path, os.O_WRONLY)
+            except OSError as error:
+                if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise
+        self._plain = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        self.direct = descriptor >= 0
+        super().__init__(descriptor if self.direct else os.dup(self._plain), str(path), chunk)
+
+    def _plain_write(self, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._plain, view[done:], offset + done)
+
+    def write_at(self, offset: int, data: Any) -> int:
+        """Write bytes (any C-contiguous buffer) at ``offset``; returns how many."""
+        self._check_open()
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if not self.direct:
+            self._plain_write(view, offset)
+            return size
+        head = min(size, -offset % _DIRECT_ALIGN)
+        self._plain_write(view[:head], offset)
+        position = head
+        while size - position >= _DIRECT_ALIGN:
+            take = min(self._chunk, (size - position) // _DIRECT_ALIGN * _DIRECT_ALIGN)
+            self._views[self._current][:take] = view[position : position + take]
+            self._submit(offset + position, take)
+            position += take
+        self._plain_write(view[position:], offset + position)
+        return size
+
+    def close(self) -> None:
+        """Wait for the thread's writes; raises its error."""
+        try:
+            self._finish(lambda: None)
+        finally:
+            if self._plain >= 0:
+                os.close(self._plain)
+                self._plain = -1
+
+    def __enter__(self) -> PositionalWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -408,7 +496,7 @@ class DirectWriter:
 
 def open_output_file(path: str | os.PathLike, expected_bytes: int = 0) -> Any:
     """A binary file to write ``path`` in order: a DirectWriter for large outputs where O_DIRECT works, else open()."""
-    if expected_bytes >= DIRECT_IO_FROM and hasattr(os, "O_DIRECT") and os.environ.get(DIRECT_IO_VARIABLE, "1") != "0":
+    if direct_io_wanted(expected_bytes):
         try:
             return DirectWriter(path)
         except OSError as error:

@@ -52,16 +52,16 @@ def test_the_file_holds_exactly_the_bytes_written(direct_dir, sizes):
 
 
 def test_a_refused_unbuffered_write_carries_on_buffered(direct_dir, monkeypatch):
-    real_write = os.write
+    real_write = os.pwrite
     refused = []
 
-    def write(descriptor, data):
+    def write(descriptor, data, offset):
         if fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_DIRECT:
             refused.append(len(data))
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(descriptor, data)
+        return real_write(descriptor, data, offset)
 
-    monkeypatch.setattr(rio.os, "write", write)
+    monkeypatch.setattr(rio.os, "pwrite", write)
     data = np.arange(CHUNK * 2 + 100, dtype=np.uint8)
     path = direct_dir / "out.bin"
     with DirectWriter(path, chunk=CHUNK) as writer:
@@ -71,16 +71,16 @@ def test_a_refused_unbuffered_write_carries_on_buffered(direct_dir, monkeypatch)
 
 
 def test_a_failed_write_is_raised_and_nothing_more_is_written(direct_dir, monkeypatch):
-    real_write = os.write
+    real_write = os.pwrite
     calls = []
 
-    def write(descriptor, data):
+    def write(descriptor, data, offset):
         calls.append(len(data))
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(descriptor, data)
+        return real_write(descriptor, data, offset)
 
-    monkeypatch.setattr(rio.os, "write", write)
+    monkeypatch.setattr(rio.os, "pwrite", write)
     writer = DirectWriter(direct_dir / "out.bin", chunk=CHUNK)
     with pytest.raises(OSError, match="No space left"):
         for _ in range(10):
@@ -93,10 +93,10 @@ def test_a_failed_write_is_raised_and_nothing_more_is_written(direct_dir, monkey
 
 
 def test_an_error_at_close_is_raised(direct_dir, monkeypatch):
-    def write(descriptor, data):
+    def write(descriptor, data, offset):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(rio.os, "write", write)
+    monkeypatch.setattr(rio.os, "pwrite", write)
     writer = DirectWriter(direct_dir / "out.bin", chunk=CHUNK)
     writer.write(b"x" * 10)
     with pytest.raises(OSError, match="Input/output error"):
@@ -160,3 +160,59 @@ def test_safetensors_msgpack_and_a_conversion_write_the_same_bytes_either_way(di
     assert outputs["direct"] == outputs["buffered"]
     back = open_safetensors(direct_dir / "direct.safetensors")
     assert np.array_equal(back["a"].load(), tensors["a"])
+
+
+def test_positional_writes_land_at_their_offsets_direct_or_not(direct_dir):
+    """Unaligned heads and tails go through the ordinary descriptor, aligned middles through O_DIRECT."""
+    rng = np.random.default_rng(1)
+    size = CHUNK * 4
+    ranges = [(0, 10), (10, 4086), (4096, CHUNK + 5), (CHUNK * 2 + 3, CHUNK + 4093), (size - 1, 1)]
+    for direct in (True, False):
+        path = direct_dir / f"positional-{direct}.bin"
+        base = rng.integers(0, 256, size, dtype=np.uint8)
+        path.write_bytes(base.tobytes())
+        expected = base.copy()
+        with rio.PositionalWriter(path, direct=direct, chunk=CHUNK) as writer:
+            assert writer.direct is direct
+            for offset, length in ranges:
+                piece = rng.integers(0, 256, length, dtype=np.uint8)
+                assert writer.write_at(offset, piece) == length
+                expected[offset : offset + length] = piece
+        assert path.read_bytes() == expected.tobytes()
+
+
+def test_hdf5_outputs_are_the_same_bytes_either_way(direct_dir, monkeypatch, tmp_path):
+    """Keras and transformers-TF files: tree made by h5py, values written at their offsets, direct or buffered."""
+    import h5py
+
+    from regnet_core import build_model_spec, random_state
+    from regnet_core.checkpoint import save_checkpoint
+
+    config = tiny_config("y", hidden_sizes=[8, 16, 136], num_labels=130)  # 136x136 and 136x130: above 64 KB
+    source = tmp_path / "hf"
+    save_checkpoint(source, config, random_state(build_model_spec(config), 0, True))
+    files = {}
+    for mode in ("buffered", "direct"):
+        monkeypatch.setattr(rio, "DIRECT_IO_FROM", 0 if mode == "direct" else 1 << 62)
+        monkeypatch.setattr(rio, "_DIRECT_CHUNK", CHUNK)
+        write_checkpoint(read_checkpoint(source), direct_dir / f"{mode}.weights.h5", progress=False)
+        write_checkpoint(read_checkpoint(source), direct_dir / f"{mode}-tf", "hf-tf", progress=False)
+        files[mode] = [
+            (direct_dir / f"{mode}.weights.h5").read_bytes(),
+            (direct_dir / f"{mode}-tf/tf_model.h5").read_bytes(),
+        ]
+    assert files["direct"] == files["buffered"]
+    expected = read_checkpoint(source).canonical_state()
+    back = read_checkpoint(direct_dir / "direct.weights.h5").canonical_state()
+    for name, tensor in back.items():
+        assert np.array_equal(tensor.load(), expected[name].load()), name
+    with h5py.File(direct_dir / "direct.weights.h5") as handle:  # large datasets start on a 4096-byte boundary
+        offsets = []
+        handle.visititems(
+            lambda name, item: (
+                offsets.append(item.id.get_offset())
+                if isinstance(item, h5py.Dataset) and item.nbytes >= 1 << 16
+                else None
+            )
+        )
+    assert offsets and all(offset % 4096 == 0 for offset in offsets)

@@ -65,6 +65,16 @@ class WriteRequest:
     progress: Progress | None = None
     preprocessor: Mapping[str, Any] | None = None  # preprocessor_config.json to write beside the weights, if any
     destination: Path | None = None  # where the output will be once complete (``target`` is a temporary sibling)
+    # The same tensors already in ``prepared_layout``, read and transposed ahead in the background
+    # (see convert.write_checkpoint); writers take them through ``in_layout``.
+    prepared: Mapping[str, LazyTensor] | None = None
+    prepared_layout: str = TORCH_LAYOUT
+
+    def in_layout(self, name: str, layout: str) -> LazyTensor:
+        """Tensor ``name`` in a format's layout: the prepared one where it was prepared in that layout."""
+        if self.prepared is not None and self.prepared_layout == layout:
+            return self.prepared[name]
+        return from_canonical_layout(self.tensors[name], name, layout)
 
 
 class Format:

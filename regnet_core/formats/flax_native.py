@@ -28,7 +28,7 @@ from ..msgpack_io import SEPARATOR, nest, read_msgpack, write_msgpack
 from ..tensors import LazyTensor
 from ..weights import BN_BIAS, BN_COUNT, BN_MEAN, BN_VAR, BN_WEIGHT, CONV, CONV_BIAS, DENSE, DENSE_BIAS
 from . import neutral
-from .base import CHANNELS_LAST, ForeignCheckpoint, Format, WriteRequest, from_canonical_layout
+from .base import CHANNELS_LAST, ForeignCheckpoint, Format, WriteRequest
 
 PARAMS = "params"
 BATCH_STATS = "batch_stats"
@@ -153,7 +153,7 @@ def ordered_variables(
 ) -> tuple[dict[str, LazyTensor], dict[str, str]]:
     """(path -> tensor in ``layout``, path -> output dtype), params first, then batch_stats, each in forward order."""
     order = sorted(names, key=lambda n: COLLECTIONS.index(names[n].split(SEPARATOR, 1)[0]))  # stable
-    flat = {names[n]: from_canonical_layout(request.tensors[n], n, layout) for n in order}
+    flat = {names[n]: request.in_layout(n, layout) for n in order}
     dtypes = {names[n]: request.dtypes[n] for n in order}
     return flat, dtypes
 

@@ -37,10 +37,9 @@ from ..tensors import LazyTensor, itemsize
 from ..weights import BN_COUNT, CLASSIFIER_MODULE, NORM_MODULE
 from . import neutral
 from .base import CHANNELS_LAST, KERAS_BN, ForeignCheckpoint, Format, ReferenceUnavailable, WriteRequest
-from .base import from_canonical_layout as _to_format_layout
 from .hf import is_regnet_config, transformers_cannot_build, transformers_config_fields
 from .keras_native import SUFFIX as KERAS_SUFFIX
-from .keras_native import h5_child, h5_tensor, open_h5, require_h5py, text, write_h5_tensor
+from .keras_native import H5Output, h5_child, h5_tensor, open_h5, require_h5py, text
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 TF_INDEX_NAME = "tf_model.h5.index.json"
@@ -325,16 +324,12 @@ def _skip_counters(request: WriteRequest) -> None:
             request.progress(name, tensor.nbytes)
 
 
-def _write_tensor(group: Any, key: str, name: str, request: WriteRequest, neutral_name: str) -> None:
-    tensor = _to_format_layout(request.tensors[neutral_name], neutral_name, CHANNELS_LAST)
-    nbytes = write_h5_tensor(group, key, name, tensor, request.dtypes[neutral_name])
-    if request.progress is not None:
-        request.progress(name, nbytes)
+def _add_tensor(output: H5Output, group: Any, key: str, name: str, request: WriteRequest, neutral_name: str) -> None:
+    output.add(group, key, name, request.in_layout(neutral_name, CHANNELS_LAST), request.dtypes[neutral_name])
 
 
 def _write_single(path: Path, request: WriteRequest, names: dict[str, str], with_head: bool) -> Path:
     """One file in Keras 2's save_weights layout, as TF save_pretrained writes it."""
-    h5py = require_h5py()
     model_name = MODEL_NAMES[with_head]
     by_layer: dict[str, list[str]] = {layer: [] for layer in TOP_LAYERS[with_head]}
     for neutral_name, name in names.items():
@@ -342,27 +337,30 @@ def _write_single(path: Path, request: WriteRequest, names: dict[str, str], with
         if layer not in by_layer:
             raise FormatError(f"the TF model has no top-level layer {layer!r} (for {name})")
         by_layer[layer].append(neutral_name)
-    with h5py.File(path, "w") as handle:
+    output = H5Output(path, request.progress)
+    with output.create() as handle:
         for key, value in FILE_ATTRIBUTES.items():
             handle.attrs[key] = value
         write_names(handle, "layer_names", list(by_layer))
         for layer, members in by_layer.items():
             group = handle.create_group(layer)
             write_names(group, "weight_names", [f"{model_name}/{names[n]}" for n in members])
-            for neutral_name in members:
-                _write_tensor(group, f"{model_name}/{names[neutral_name]}", names[neutral_name], request, neutral_name)
+            for n in members:
+                _add_tensor(output, group, f"{model_name}/{names[n]}", names[n], request, n)
         write_names(handle.create_group(EMPTY_GROUP), "weight_names", [])
+    output.write_values()
     return path
 
 
 def _write_shard(path: Path, request: WriteRequest, names: dict[str, str]) -> None:
     """One shard as TF save_pretrained writes it: each weight at its stripped name, the names in layer_names."""
-    h5py = require_h5py()
     order = sorted(names, key=lambda n: names[n])
-    with h5py.File(path, "w") as handle:
+    output = H5Output(path, request.progress)
+    with output.create() as handle:
         for neutral_name in order:
-            _write_tensor(handle, names[neutral_name], names[neutral_name], request, neutral_name)
+            _add_tensor(output, handle, names[neutral_name], names[neutral_name], request, neutral_name)
         write_names(handle, "layer_names", [names[n] for n in order])
+    output.write_values()
 
 
 def _is_single_file(path: Path) -> bool:
