@@ -124,6 +124,15 @@ def disk_ceiling(source: Path, scratch: Path) -> dict:
         os.fsync(handle.fileno())
     result["write_fsync_gb_per_s"] = 128 * block.nbytes / (time.perf_counter() - started) / 1e9
     scratch.unlink()
+    if hasattr(os, "O_DIRECT"):  # what the converter's large outputs use (regnet_core.io.DirectWriter)
+        from regnet_core.io import DirectWriter
+
+        started = time.perf_counter()
+        with DirectWriter(scratch) as handle:
+            for _ in range(128):
+                handle.write(block)
+        result["write_direct_gb_per_s"] = 128 * block.nbytes / (time.perf_counter() - started) / 1e9
+        scratch.unlink()
     return result
 
 
@@ -211,6 +220,7 @@ def main() -> None:
             ("regnet-y-10b-seer bf16 sharded hf -> hf (5GB shards)", ten_b, work / "10b-hf", "hf", "hf", "5GB"),
         ]
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
+    disk = {"before": disk_ceiling(big, work / "disk-test.bin")}  # the disk's pace moves: measured before and after
     rows = []
     for case in cases:
         if wanted and not any(w in case[0] for w in wanted):
@@ -231,21 +241,27 @@ def main() -> None:
             row["runs"] = len(done)
             rows.append(row)
             print(f"done: {row['name']}", file=sys.stderr)
-    ceiling = disk_ceiling(big, work / "disk-test.bin")
+    disk["after"] = disk_ceiling(big, work / "disk-test.bin")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}, Python {platform.python_version()}"
     if args.json:
-        print(json.dumps({"machine": machine, "disk": ceiling, "rows": rows}, indent=2))
+        print(json.dumps({"machine": machine, "disk": disk, "rows": rows}, indent=2))
         return
     print(f"machine: {machine}; work dir {work}")
-    print(
-        "disk: cold sequential read "
-        + (
-            f"{ceiling['cold_read_gb_per_s']:.2f} GB/s"
-            if "cold_read_gb_per_s" in ceiling
-            else "not measured (not root)"
+    for when, ceiling in disk.items():
+        print(
+            f"disk {when}: cold sequential read "
+            + (
+                f"{ceiling['cold_read_gb_per_s']:.2f} GB/s"
+                if "cold_read_gb_per_s" in ceiling
+                else "not measured (not root)"
+            )
+            + f", sequential write with fsync {ceiling['write_fsync_gb_per_s']:.2f} GB/s"
+            + (
+                f", O_DIRECT write {ceiling['write_direct_gb_per_s']:.2f} GB/s"
+                if "write_direct_gb_per_s" in ceiling
+                else ""
+            )
         )
-        + f", sequential write with fsync {ceiling['write_fsync_gb_per_s']:.2f} GB/s"
-    )
     print("median of the runs (seconds, GB/s), best GB/s, and the highest peak RSS of any run")
     header = (
         f"{'case':<57}{'GB read':>8}{'s':>7}{'GB/s':>6}{'best':>6}{'peak RSS':>10}{'largest':>9}{'RSS-largest':>12}"
