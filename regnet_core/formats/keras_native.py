@@ -427,12 +427,6 @@ def _check_h5_storage(dataset: Any, path: Path, source: str, shape: tuple[int, .
         )
 
 
-def storage(values: np.ndarray, dtype: str) -> np.ndarray:
-    """What an HDF5 dataset stores for values in a dtype: bfloat16 as 2-byte opaque bit patterns (Keras' convention)."""
-    stored = to_storage(values, dtype)
-    return stored.view("V2") if dtype == "bfloat16" else stored
-
-
 class H5Output:
     """An HDF5 weights file made in two steps: the tree with each dataset's space reserved, then the values.
 
