@@ -13,7 +13,7 @@ import argparse
 import time
 
 import regnet_tf  # Keras on TensorFlow, before anything imports keras
-from regnet_core.datasets import digits_id2label, load_digits_rgb
+from regnet_core.datasets import digits_id2label, digits_image_processor, load_digits_rgb
 from regnet_core.training import SGDConfig, digits_config
 from regnet_tf.training import evaluate, fit
 
@@ -56,6 +56,8 @@ def main() -> None:
     )
     _, accuracy = evaluate(model, test)
     model.save_pretrained(args.out)
+    # how to prepare a new digit image as training did (not the ImageNet default save_pretrained writes)
+    digits_image_processor(args.size, seed=args.seed).save_pretrained(args.out)
     print(
         f"Keras: held-out accuracy {accuracy:.4f} ({round(accuracy * len(test))}/{len(test)}) after {args.epochs} "
         f"epochs; fit {history.seconds:.1f} s, total {time.perf_counter() - started:.1f} s; checkpoint {args.out}"

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from regnet_core.datasets import digits_id2label, load_digits_rgb
+from regnet_core.datasets import digits_id2label, digits_image_processor, load_digits_rgb
 from regnet_core.training import SGDConfig, digits_config
 from regnet_pt import RegNetForImageClassification
 from regnet_pt.training import evaluate, fit
@@ -64,6 +64,8 @@ def main() -> None:
     )
     _, accuracy = evaluate(model, test)
     model.save_pretrained(args.out)
+    # how to prepare a new digit image as training did (not the ImageNet default save_pretrained writes)
+    digits_image_processor(args.size, seed=args.seed).save_pretrained(args.out)
     print(
         f"PyTorch: held-out accuracy {accuracy:.4f} ({round(accuracy * len(test))}/{len(test)}) after {args.epochs} "
         f"epochs; fit {history.seconds:.1f} s, total {time.perf_counter() - started:.1f} s; "

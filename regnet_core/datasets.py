@@ -11,6 +11,7 @@ and fixed by ``seed``: every framework trains and is scored on the same images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -114,17 +115,48 @@ def load_digits_rgb(
         raise ValueError(f"data_format must be one of {', '.join(DATA_FORMATS)}, got {data_format!r}")
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
         raise ValueError(f"size must be an integer >= 8 (the digits are 8x8), got {size!r}")
-    raw, labels = _raw_digits()
-    train_index, test_index = split_indices(labels, test_fraction, seed)
+    labels, scaled, train_index, test_index, mean, std = _digits_scaled(int(size), seed, test_fraction)
     index = {"train": train_index, "test": test_index, "all": np.concatenate([train_index, test_index])}[split]
-    resample = bilinear_matrix(raw.shape[1], int(size))
-    scaled = np.einsum("oh,nhw,pw->nop", resample, raw / DIGITS_MAX, resample)  # (n, size, size)
-    train_values = scaled[train_index]
-    mean, std = train_values.mean(), train_values.std()
     gray = ((scaled[index] - mean) / std).astype(np.float32)
     axis = 1 if data_format == "channels_first" else 3
     images = np.ascontiguousarray(np.repeat(np.expand_dims(gray, axis), 3, axis=axis))
     return ImageSplit(images, labels[index].copy())
+
+
+def _digits_scaled(size: int, seed: int, test_fraction: float) -> tuple:
+    """(labels, every image resized and scaled to [0, 1], train index, test index, training mean, training std)."""
+    raw, labels = _raw_digits()
+    train_index, test_index = split_indices(labels, test_fraction, seed)
+    resample = bilinear_matrix(raw.shape[1], size)
+    scaled = np.einsum("oh,nhw,pw->nop", resample, raw / DIGITS_MAX, resample)  # (n, size, size)
+    train_values = scaled[train_index]
+    return labels, scaled, train_index, test_index, float(train_values.mean()), float(train_values.std())
+
+
+def digits_image_processor(size: int = 32, *, seed: int = 0, test_fraction: float = 0.2) -> Any:
+    """The ImageProcessor of a digits model: an 8-bit image of a digit (ink bright) as load_digits_rgb prepares it.
+
+    Resize to ``size`` x ``size`` (bilinear, no crop), scale to [0, 1], normalise every
+    channel with the training split's mean and standard deviation. A fine-tuned digits
+    checkpoint saves this beside its weights, so that ``regnet predict`` and
+    ``ImageProcessor.from_pretrained`` prepare new images as training did.
+    """
+    from .preprocess import ImageProcessor
+
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
+        raise ValueError(f"size must be an integer >= 8 (the digits are 8x8), got {size!r}")
+    *_, mean, std = _digits_scaled(int(size), seed, test_fraction)
+    return ImageProcessor(
+        do_resize=True,
+        size=int(size),
+        crop_pct=1.0,
+        resample=2,  # bilinear
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[mean] * 3,
+        image_std=[std] * 3,
+    )
 
 
 def digits_id2label() -> dict[int, str]:
