@@ -34,10 +34,6 @@ from regnet_core.training import (
 )
 from tests.helpers import requires, tiny_config
 
-# One pytest-xdist worker runs this module (pyproject's --dist loadgroup): its module fixtures
-# train and step every framework once, which each worker would otherwise repeat (about 40 s).
-pytestmark = pytest.mark.xdist_group("training")
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
