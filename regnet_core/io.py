@@ -434,25 +434,31 @@ class DirectWriter(_StagedWriter):
         self.close()
 
 
-class PositionalWriter(_StagedWriter):
+class PositionalWriter:
     """Writes byte ranges at given offsets of an existing file (e.g. HDF5 datasets whose space is reserved).
 
-    The 4096-aligned middle of each range goes through O_DIRECT (staged, written by the
-    thread) when ``direct``; the unaligned ends, and everything when not ``direct``, through
-    an ordinary descriptor. Ranges must not overlap what else is written to the file meanwhile.
+    With ``direct`` (and a file system that takes O_DIRECT), the 4096-aligned middle of each
+    range is staged and written by a _StagedWriter's thread; the unaligned ends, and
+    everything otherwise, go through an ordinary descriptor. Ranges must not overlap what
+    else is written to the file meanwhile.
     """
 
     def __init__(self, path: str | os.PathLike, direct: bool, chunk: int = _DIRECT_CHUNK) -> None:
-        descriptor = -1
+        self.name = str(path)
+        self._plain = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        self._staged: _StagedWriter | None = None
         if direct:
             try:
-                descriptor = _open_direct(path, os.O_WRONLY)
+                self._staged = _StagedWriter(_open_direct(path, os.O_WRONLY), self.name, chunk)
             except OSError as error:
                 if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    os.close(self._plain)
                     raise
-        self._plain = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
-        self.direct = descriptor >= 0
-        super().__init__(descriptor if self.direct else os.dup(self._plain), str(path), chunk)
+
+    @property
+    def direct(self) -> bool:
+        """True when aligned pieces go through O_DIRECT."""
+        return self._staged is not None
 
     def _plain_write(self, view: memoryview, offset: int) -> None:
         done = 0
@@ -461,27 +467,31 @@ class PositionalWriter(_StagedWriter):
 
     def write_at(self, offset: int, data: Any) -> int:
         """Write bytes (any C-contiguous buffer) at ``offset``; returns how many."""
-        self._check_open()
+        if self._plain < 0:
+            raise ValueError(f"write to closed file {self.name}")
         view = memoryview(data).cast("B")
         size = len(view)
-        if not self.direct:
+        staged = self._staged
+        if staged is None:
             self._plain_write(view, offset)
             return size
+        staged._check_open()
         head = min(size, -offset % _DIRECT_ALIGN)
         self._plain_write(view[:head], offset)
         position = head
         while size - position >= _DIRECT_ALIGN:
-            take = min(self._chunk, (size - position) // _DIRECT_ALIGN * _DIRECT_ALIGN)
-            self._views[self._current][:take] = view[position : position + take]
-            self._submit(offset + position, take)
+            take = min(staged._chunk, (size - position) // _DIRECT_ALIGN * _DIRECT_ALIGN)
+            staged._views[staged._current][:take] = view[position : position + take]
+            staged._submit(offset + position, take)
             position += take
         self._plain_write(view[position:], offset + position)
         return size
 
     def close(self) -> None:
-        """Wait for the thread's writes; raises its error."""
+        """Wait for the staged writes; raises their error."""
         try:
-            self._finish(lambda: None)
+            if self._staged is not None:
+                self._staged._finish(lambda: None)
         finally:
             if self._plain >= 0:
                 os.close(self._plain)
