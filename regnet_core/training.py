@@ -151,6 +151,16 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
+def score(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of logits against integer class labels; the loss from a float64 log-softmax."""
+    accuracy_value = accuracy(logits, labels)  # checks the shapes
+    values = np.asarray(logits, np.float64)
+    shifted = values - values.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, np.asarray(labels, np.int64)[:, None], axis=-1)
+    return -float(picked.mean()), accuracy_value
+
+
 def digits_config(num_labels: int = 10, **changes: Any) -> RegNetConfig:
     """The small RegNetY the fine-tuning examples train on digits (58k parameters, 0.63 MFLOPs at 32x32).
 

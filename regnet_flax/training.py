@@ -37,9 +37,9 @@ from regnet_core.training import (
     DEFAULT_SGD,
     History,
     SGDConfig,
-    accuracy,
     epoch_batches,
     fit_plan,
+    score,
 )
 
 from .modeling import RegNetForImageClassification
@@ -135,10 +135,7 @@ def evaluate(
     module: RegNetForImageClassification, variables: Mapping[str, Any], split: ImageSplit, batch_size: int = 256
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) in inference mode on ``split`` (NHWC images)."""
-    logits = predict_logits(module, variables, split.images, batch_size)
-    log_probs = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
-    loss = -float(jnp.mean(jnp.take_along_axis(log_probs, jnp.asarray(split.labels)[:, None], axis=-1)))
-    return loss, accuracy(logits, split.labels)
+    return score(predict_logits(module, variables, split.images, batch_size), split.labels)
 
 
 def fit(

@@ -26,9 +26,9 @@ from regnet_core.training import (
     DEFAULT_SGD,
     History,
     SGDConfig,
-    accuracy,
     epoch_batches,
     fit_plan,
+    score,
 )
 
 from .modeling import RegNetForImageClassification
@@ -81,10 +81,7 @@ def predict_logits(model: RegNetForImageClassification, images: np.ndarray, batc
 
 def evaluate(model: RegNetForImageClassification, split: ImageSplit, batch_size: int = 256) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the model in eval mode on ``split`` (NCHW images)."""
-    logits = predict_logits(model, split.images, batch_size)
-    with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(split.labels)).item()
-    return loss, accuracy(logits, split.labels)
+    return score(predict_logits(model, split.images, batch_size), split.labels)
 
 
 def fit(

@@ -34,9 +34,9 @@ from regnet_core.training import (
     DEFAULT_SGD,
     History,
     SGDConfig,
-    accuracy,
     epoch_batches,
     fit_plan,
+    score,
 )
 
 from .modeling import RegNetForImageClassification
@@ -149,9 +149,7 @@ class StepLosses(keras.callbacks.Callback):
 
 def evaluate(model: RegNetForImageClassification, split: ImageSplit, batch_size: int = 256) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the model in inference mode on ``split`` (NHWC images)."""
-    logits = np.asarray(model.predict(split.images, batch_size=batch_size, verbose=0))
-    loss = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(split.labels, logits)))
-    return loss, accuracy(logits, split.labels)
+    return score(np.asarray(model.predict(split.images, batch_size=batch_size, verbose=0)), split.labels)
 
 
 def fit(

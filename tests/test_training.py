@@ -28,6 +28,7 @@ from regnet_core.training import (
     epoch_batches,
     fit_plan,
     learning_rates,
+    score,
     step_accuracy_problems,
     trained_tensor_names,
     update_errors,
@@ -170,6 +171,21 @@ def test_the_digits_image_processor_prepares_8bit_digits_as_training_did():
     imagenet = ImageProcessor(size=32, crop_pct=1.0, resample=2)  # the same resize, ImageNet's normalisation
     assert np.abs(imagenet(images) - expected).max() > 0.5
     assert ImageProcessor.from_dict(processor.to_dict()) == processor
+
+
+def test_score_is_cross_entropy_and_accuracy():
+    """The held-out score every backend's evaluate reports, against torch's cross_entropy and a hand-worked case."""
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    loss, correct = score(logits, np.array([0, 2]))
+    hand = (-(2 - np.log(np.exp(2) + 2)) + np.log(3)) / 2
+    assert abs(loss - hand) < 1e-12 and correct == 0.5
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    logits, labels = (rng.standard_normal((64, 10)) * 30).astype(np.float32), rng.integers(0, 10, 64)
+    expected = torch.nn.functional.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels)).item()
+    assert abs(score(logits, labels)[0] - expected) < 1e-9
+    with pytest.raises(ValueError, match="expected logits"):
+        score(logits, labels[:3])
 
 
 def test_step_rule_compares_largest_and_median_errors():
