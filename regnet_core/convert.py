@@ -38,7 +38,7 @@ from .hub import HubError, download, looks_like_hub_id
 from .io import atomic_output
 from .progress import ProgressBar
 from .specs import build_model_spec
-from .tensors import OUTPUT_DTYPES, LazyTensor, Prefetcher, check_weight_dtypes, total_bytes
+from .tensors import OUTPUT_DTYPES, LazyTensor, Prefetcher, check_weight_dtypes, scratch_memory, total_bytes
 from .weights import CheckpointMismatchError, check_state, parameter_table
 
 LOGITS_ATOL = 1e-4
@@ -274,33 +274,35 @@ def write_checkpoint(
         raise ValueError(f"the destination {destination} is the source itself; write somewhere else")
     dtypes = {name: output_dtype(tensor, dtype) for name, tensor in checkpoint.tensors.items()}
     bar = ProgressBar(checkpoint.nbytes, len(checkpoint.tensors), f"writing {fmt.name}", enabled=progress)
-    # A background thread reads the next tensors, and puts them in the format's layout, while
-    # the current one is written.
-    if fmt.layout == TORCH_LAYOUT:
-        prefetcher = Prefetcher(checkpoint.tensors)
-        tensors, prepared = prefetcher.wrap(), None
-    else:
-        prefetcher = Prefetcher({n: from_canonical_layout(t, n, fmt.layout) for n, t in checkpoint.tensors.items()})
-        tensors, prepared = checkpoint.tensors, prefetcher.wrap()
-    try:
-        with atomic_output(destination, overwrite=overwrite) as temporary:
-            preprocessor = checkpoint.foreign.extra.get("preprocessor") if checkpoint.foreign is not None else None
-            request = WriteRequest(
-                temporary,
-                checkpoint.config,
-                tensors,
-                dtypes,
-                max_bytes,
-                bar,
-                preprocessor,
-                destination,
-                prepared,
-                fmt.layout,
-            )
-            written = fmt.write(request)
-    finally:
-        prefetcher.close()
-        bar.close()
+    # Temporaries come from reused memory: fresh pages cost more than the copies (ScratchPool).
+    with scratch_memory():
+        # A background thread reads the next tensors, and puts them in the format's layout, while
+        # the current one is written.
+        if fmt.layout == TORCH_LAYOUT:
+            prefetcher = Prefetcher(checkpoint.tensors)
+            tensors, prepared = prefetcher.wrap(), None
+        else:
+            prefetcher = Prefetcher({n: from_canonical_layout(t, n, fmt.layout) for n, t in checkpoint.tensors.items()})
+            tensors, prepared = checkpoint.tensors, prefetcher.wrap()
+        try:
+            with atomic_output(destination, overwrite=overwrite) as temporary:
+                preprocessor = checkpoint.foreign.extra.get("preprocessor") if checkpoint.foreign is not None else None
+                request = WriteRequest(
+                    temporary,
+                    checkpoint.config,
+                    tensors,
+                    dtypes,
+                    max_bytes,
+                    bar,
+                    preprocessor,
+                    destination,
+                    prepared,
+                    fmt.layout,
+                )
+                written = fmt.write(request)
+        finally:
+            prefetcher.close()
+            bar.close()
     return [destination / path.relative_to(temporary) if path != temporary else destination for path in written]
 
 

@@ -37,10 +37,12 @@ from .tensors import (
     LazyTensor,
     check_finite,
     check_finite_stored,
+    file_values,
     from_storage,
     itemsize,
     materialize,
     read_into,
+    scratch_empty,
     shape_problem,
     stored_dtype,
     to_storage,
@@ -310,7 +312,11 @@ def _stored_loader(path: Path, pieces: list[_Array], shape: tuple[int, ...], dty
     """The values as stored (bfloat16 as uint16 bit patterns), read from the file's pieces into one array."""
 
     def load() -> np.ndarray:
-        raw = np.empty(int(np.prod(shape, dtype=np.int64)), _raw_dtype(dtype))
+        size = int(np.prod(shape, dtype=np.int64))
+        if len(pieces) == 1:  # one run of bytes: mapped where large, as safetensors' are
+            raw = file_values(path, pieces[0].offset, (size,), _raw_dtype(dtype), "an array")
+            return raw.astype(raw.dtype.newbyteorder("="), copy=False).reshape(shape)
+        raw = scratch_empty((size,), _raw_dtype(dtype))
         start = 0
         for piece in pieces:
             count = piece.nbytes // raw.itemsize

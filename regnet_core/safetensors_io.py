@@ -25,10 +25,10 @@ from .tensors import (
     LazyTensor,
     check_finite,
     check_finite_stored,
+    file_values,
     from_storage,
     itemsize,
     materialize,
-    read_into,
     shape_problem,
     stored_dtype,
     to_storage,
@@ -136,8 +136,7 @@ def _reader(
     path: Path, start: int, begin: int, end: int, dtype: str, shape: tuple[int, ...]
 ) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        raw = np.empty(shape, _raw_dtype(dtype))
-        read_into(path, start + begin, raw)
+        raw = file_values(path, start + begin, shape, _raw_dtype(dtype))
         return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
     return load

@@ -8,6 +8,8 @@ therefore already canonical. Backends map this table to their own names and layo
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ import numpy as np
 
 from .errors import CheckpointError
 from .specs import BlockSpec, ModelSpec
-from .tensors import LazyTensor, check_finite, check_weight_dtypes
+from .tensors import LazyTensor, check_finite, check_weight_dtypes, scratch_empty
 
 BASE_PREFIX = "regnet."
 # Module name pieces of the canonical (transformers) layout, for backends that map names.
@@ -54,18 +56,87 @@ def channels_last_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
 
 
 _BLOCK = 64  # tile edge of the cache-friendly transpose (measured fastest on the 2-core CPUs here)
+# (source rows, source columns) of one tile by value size: wide tiles cost fewer numpy calls
+# and measured 20 to 70% faster than 64 x 64 on the AMD EPYC here (float32 and bfloat16).
+_TILES = {2: (128, 256), 4: (64, 512)}
 _BLOCKED_FROM = 1 << 20  # values; smaller arrays transpose fast enough in one numpy call
+_PARALLEL_FROM = 1 << 21  # values; larger transposes are shared between threads
+_MAX_THREADS = 4  # the transpose is bound by memory beyond a few cores
+
+_workers: Any = None
+_workers_lock = threading.Lock()
+
+
+def _reset_workers() -> None:
+    global _workers
+    _workers = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_reset_workers)
+
+
+def _transpose_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_THREADS))
+
+
+def _worker_pool() -> Any:
+    global _workers
+    with _workers_lock:
+        if _workers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _workers = ThreadPoolExecutor(_transpose_threads() - 1, thread_name_prefix="regnet-transpose")
+        return _workers
+
+
+def _transpose_tiles(matrix: np.ndarray, out: np.ndarray, first: int, stop: int) -> None:
+    rows = matrix.shape[0]
+    tile_rows, tile_columns = _TILES.get(matrix.itemsize, (_BLOCK, _BLOCK))
+    for column in range(first, stop, tile_columns):
+        end = min(column + tile_columns, stop)
+        for row in range(0, rows, tile_rows):
+            out[column:end, row : row + tile_rows] = matrix[row : row + tile_rows, column:end].T
+
+
+def _transpose_into(matrix: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = matrix.T`` tile by tile (about 2x numpy's copy), on several threads for large ones.
+
+    numpy releases the GIL while it copies a tile, so the threads run at once.
+    """
+    rows, columns = matrix.shape
+    threads = _transpose_threads() if matrix.size >= _PARALLEL_FROM else 1
+    if threads == 1:
+        _transpose_tiles(matrix, out, 0, columns)
+        return
+    step = -(-columns // threads // 512) * 512
+    pieces = [(start, min(start + step, columns)) for start in range(0, columns, step)]
+    pool = _worker_pool()
+    futures = [pool.submit(_transpose_tiles, matrix, out, start, stop) for start, stop in pieces[1:]]
+    try:
+        _transpose_tiles(matrix, out, *pieces[0])
+    finally:
+        for future in futures:
+            future.result()
 
 
 def _transposed(matrix: np.ndarray) -> np.ndarray:
-    """A new C-contiguous transpose of a 2-D array, copied tile by tile for large ones (about 2x numpy's copy)."""
+    """A new C-contiguous transpose of a 2-D array (in scratch memory during a conversion)."""
     rows, columns = matrix.shape
     if matrix.size < _BLOCKED_FROM:
         return np.ascontiguousarray(matrix.T)
-    out = np.empty((columns, rows), matrix.dtype)
-    for row in range(0, rows, _BLOCK):
-        for column in range(0, columns, _BLOCK):
-            out[column : column + _BLOCK, row : row + _BLOCK] = matrix[row : row + _BLOCK, column : column + _BLOCK].T
+    out = scratch_empty((columns, rows), matrix.dtype)
+    _transpose_into(matrix, out)
+    return out
+
+
+def _copied(value: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of any array view (in scratch memory during a conversion)."""
+    out = scratch_empty(value.shape, value.dtype)
+    np.copyto(out, value)
     return out
 
 
@@ -81,7 +152,7 @@ def to_channels_last(value: np.ndarray, kind: str) -> np.ndarray:
         grid = flat.reshape(in_channels, height, width, out_channels)
         if height == width == 1:
             return grid.reshape(height, width, in_channels, out_channels)
-        return np.ascontiguousarray(grid.transpose(1, 2, 0, 3))
+        return _copied(grid.transpose(1, 2, 0, 3))
     return np.array(value, order="C", copy=True)
 
 
@@ -92,8 +163,10 @@ def from_channels_last(value: np.ndarray, kind: str) -> np.ndarray:
         return _transposed(value)
     if kind == CONV and value.ndim == 4:
         height, width, in_channels, out_channels = value.shape
-        grid = value if height == width == 1 else value.transpose(2, 0, 1, 3)
-        flat = np.ascontiguousarray(grid).reshape(in_channels * height * width, out_channels)
+        if height == width == 1:
+            flat = value.reshape(in_channels, out_channels)
+        else:
+            flat = _copied(value.transpose(2, 0, 1, 3)).reshape(in_channels * height * width, out_channels)
         return _transposed(flat).reshape(out_channels, in_channels, height, width)
     return np.array(value, order="C", copy=True)
 
@@ -137,7 +210,7 @@ def from_channels_last_blocks(value: np.ndarray, kind: str, block_bytes: int = _
             if height == width == 1:
                 yield _transposed(piece.reshape(in_channels, -1)).reshape(-1, in_channels, 1, 1)
             else:
-                yield np.ascontiguousarray(piece.transpose(3, 2, 0, 1))
+                yield _copied(piece.transpose(3, 2, 0, 1))
         return
     yield np.array(value, order="C", copy=True)
 

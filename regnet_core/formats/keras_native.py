@@ -36,9 +36,9 @@ from ..tensors import (
     check_finite,
     check_finite_stored,
     dtype_name,
+    file_values,
     from_storage,
     itemsize,
-    read_into,
     shape_problem,
     to_storage,
 )
@@ -383,8 +383,7 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
         raw_dtype = np.dtype("<u2") if dtype == "bfloat16" else dataset.dtype
 
         def stored() -> np.ndarray:
-            raw = np.empty(shape, raw_dtype)
-            read_into(path, offset, raw, source)
+            raw = file_values(path, offset, shape, raw_dtype, source)
             return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
         return LazyTensor(shape, dtype, lambda: from_storage(stored(), dtype), f"{source} in {path}", stored)
