@@ -299,6 +299,8 @@ class _StagedWriter:
         self._buffers = [mmap.mmap(-1, chunk) for _ in range(2)]  # anonymous maps are page aligned
         self._views = [memoryview(buffer) for buffer in self._buffers]
         self._current = 0
+        self._fill = 0  # bytes of the current buffer in use
+        self._extents: list[list[int]] = []  # [file offset, buffer offset, length] of each run in the current buffer
         self._error: BaseException | None = None
         self._broken = False  # an error was raised: nothing more is written
         self._free: queue.Queue[int] = queue.Queue()
@@ -330,10 +332,11 @@ class _StagedWriter:
             item = self._pending.get()
             if item is None:
                 return
-            index, offset, length = item
+            index, extents = item
             if self._error is None and not self._broken:
                 try:
-                    self._pwrite_all(self._views[index][:length], offset)
+                    for offset, start, length in extents:
+                        self._pwrite_all(self._views[index][start : start + length], offset)
                 except BaseException as error:  # noqa: BLE001 (handed to the caller's thread)
                     # without its traceback, whose frames would hold views of the buffers open
                     self._error = error.with_traceback(None)
@@ -349,10 +352,33 @@ class _StagedWriter:
         if self._fd is None or self._broken:
             raise ValueError(f"write to {'closed' if self._fd is None else 'failed'} file {self.name}")
 
-    def _submit(self, offset: int, length: int) -> None:
-        """Hand the current buffer's first ``length`` bytes to the thread, for ``offset``; take the other buffer."""
-        self._pending.put((self._current, offset, length))
-        self._current = self._free.get()
+    def _stage(self, offset: int, view: memoryview) -> None:
+        """Copy bytes bound for ``offset`` into the buffers; a full buffer goes to the thread.
+
+        Runs that continue the previous one (in the file and in the buffer) join it, so one
+        buffer holding many ranges is written with as few calls as they allow.
+        """
+        position = 0
+        while position < len(view):
+            if self._fill == self._chunk:
+                self._submit()
+            take = min(self._chunk - self._fill, len(view) - position)
+            self._views[self._current][self._fill : self._fill + take] = view[position : position + take]
+            last = self._extents[-1] if self._extents else None
+            if last is not None and last[0] + last[2] == offset + position and last[1] + last[2] == self._fill:
+                last[2] += take
+            else:
+                self._extents.append([offset + position, self._fill, take])
+            self._fill += take
+            position += take
+
+    def _submit(self) -> None:
+        """Hand the current buffer's runs to the thread and take the other buffer (waiting for it if busy)."""
+        if self._extents:
+            self._pending.put((self._current, self._extents))
+            self._current = self._free.get()
+        self._extents = []
+        self._fill = 0
         self._raise_pending()
 
     def _finish(self, last: Callable[[], None]) -> None:
@@ -394,25 +420,15 @@ class DirectWriter(_StagedWriter):
         if chunk <= 0 or chunk % _DIRECT_ALIGN:
             raise ValueError(f"chunk must be a positive multiple of {_DIRECT_ALIGN}, got {chunk}")
         super().__init__(_open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), str(path), chunk)
-        self._fill = 0
         self._total = 0
 
     def write(self, data: Any) -> int:
         """Append bytes (any C-contiguous buffer); returns how many."""
         self._check_open()
         view = memoryview(data).cast("B")
-        size = len(view)
-        position = 0
-        while position < size:
-            take = min(self._chunk - self._fill, size - position)
-            self._views[self._current][self._fill : self._fill + take] = view[position : position + take]
-            self._fill += take
-            position += take
-            if self._fill == self._chunk:
-                self._submit(self._total + position - self._chunk, self._chunk)
-                self._fill = 0
-        self._total += size
-        return size
+        self._stage(self._total, view)  # one run per buffer: each written whole, aligned, by the thread
+        self._total += len(view)
+        return len(view)
 
     def tell(self) -> int:
         """Bytes written so far."""
@@ -423,8 +439,10 @@ class DirectWriter(_StagedWriter):
         if self._fd is not None and self._fill and not self._broken and self._error is None:
             padded = -(-self._fill // _DIRECT_ALIGN) * _DIRECT_ALIGN
             self._views[self._current][self._fill : padded] = bytes(padded - self._fill)
-            self._pending.put((self._current, self._total - self._fill, padded))
+            self._extents[-1][2] += padded - self._fill
+            self._pending.put((self._current, self._extents))
             self._current = self._free.get()
+            self._extents, self._fill = [], 0
         self._finish(lambda: os.ftruncate(self._fd, self._total))  # type: ignore[arg-type]
 
     def __enter__(self) -> DirectWriter:
@@ -434,19 +452,26 @@ class DirectWriter(_StagedWriter):
         self.close()
 
 
+_DEFERRED_LIMIT = 32 * 2**20  # bytes of unaligned ends held for the end of a positional write
+
+
 class PositionalWriter:
     """Writes byte ranges at given offsets of an existing file (e.g. HDF5 datasets whose space is reserved).
 
     With ``direct`` (and a file system that takes O_DIRECT), the 4096-aligned middle of each
-    range is staged and written by a _StagedWriter's thread; the unaligned ends, and
-    everything otherwise, go through an ordinary descriptor. Ranges must not overlap what
-    else is written to the file meanwhile.
+    range is staged and written by a _StagedWriter's thread; the unaligned ends go through an
+    ordinary descriptor when the staged writes are done (a buffered write while a direct one
+    runs waits for the file's lock: measured 0.3 ms each, 0.2 s for one regnet-y-320 file).
+    Without ``direct`` everything goes through the ordinary descriptor at once. Ranges must
+    not overlap what else is written to the file meanwhile.
     """
 
     def __init__(self, path: str | os.PathLike, direct: bool, chunk: int = _DIRECT_CHUNK) -> None:
         self.name = str(path)
         self._plain = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         self._staged: _StagedWriter | None = None
+        self._ends: list[tuple[int, bytes]] = []  # unaligned ends, written after the staged writes
+        self._ends_bytes = 0
         if direct:
             try:
                 self._staged = _StagedWriter(_open_direct(path, os.O_WRONLY), self.name, chunk)
@@ -477,21 +502,34 @@ class PositionalWriter:
             return size
         staged._check_open()
         head = min(size, -offset % _DIRECT_ALIGN)
-        self._plain_write(view[:head], offset)
-        position = head
-        while size - position >= _DIRECT_ALIGN:
-            take = min(staged._chunk, (size - position) // _DIRECT_ALIGN * _DIRECT_ALIGN)
-            staged._views[staged._current][:take] = view[position : position + take]
-            staged._submit(offset + position, take)
-            position += take
-        self._plain_write(view[position:], offset + position)
+        middle = (size - head) // _DIRECT_ALIGN * _DIRECT_ALIGN
+        self._defer(offset, view[:head])
+        staged._stage(offset + head, view[head : head + middle])
+        self._defer(offset + head + middle, view[head + middle :])
         return size
+
+    def _defer(self, offset: int, view: memoryview) -> None:
+        if len(view):
+            self._ends.append((offset, bytes(view)))
+            self._ends_bytes += len(view)
+            if self._ends_bytes > _DEFERRED_LIMIT:
+                self._write_ends()
+
+    def _write_ends(self) -> None:
+        for offset, data in self._ends:
+            self._plain_write(memoryview(data), offset)
+        self._ends, self._ends_bytes = [], 0
 
     def close(self) -> None:
         """Wait for the staged writes; raises their error."""
         try:
             if self._staged is not None:
-                self._staged._finish(lambda: None)
+                staged = self._staged
+                try:
+                    if not staged._broken and staged._error is None and staged._fd is not None:
+                        staged._submit()  # the last, partly filled buffer
+                finally:
+                    staged._finish(self._write_ends)  # the unaligned ends, once the direct writes are done
         finally:
             if self._plain >= 0:
                 os.close(self._plain)
