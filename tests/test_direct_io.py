@@ -162,8 +162,10 @@ def test_safetensors_msgpack_and_a_conversion_write_the_same_bytes_either_way(di
     assert np.array_equal(back["a"].load(), tensors["a"])
 
 
-def test_positional_writes_land_at_their_offsets_direct_or_not(direct_dir):
+@pytest.mark.parametrize("held", [32 << 20, 1])  # unaligned ends held to the end, or written as they come
+def test_positional_writes_land_at_their_offsets_direct_or_not(direct_dir, monkeypatch, held):
     """Unaligned heads and tails go through the ordinary descriptor, aligned middles through O_DIRECT."""
+    monkeypatch.setattr(rio, "_DEFERRED_LIMIT", held)
     rng = np.random.default_rng(1)
     size = CHUNK * 4
     ranges = [(0, 10), (10, 4086), (4096, CHUNK + 5), (CHUNK * 2 + 3, CHUNK + 4093), (size - 1, 1)]
