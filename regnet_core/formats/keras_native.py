@@ -272,13 +272,24 @@ def h5_child(group: Any, name: str) -> Any:
         return None
 
 
+def _storage(dataset_id: Any) -> tuple[int, int]:
+    """(layout, number of external files) of a low-level dataset, from one fetch of its creation properties."""
+    plist = dataset_id.get_create_plist()
+    return plist.get_layout(), plist.get_external_count()
+
+
+def _refuse_outside_storage(name: str, layout: int, external: int, path: Path) -> None:
+    h5py = require_h5py()
+    if layout == h5py.h5d.VIRTUAL or external:
+        kind = "a virtual dataset" if layout == h5py.h5d.VIRTUAL else "stored in external files"
+        raise UnsafeCheckpointError(
+            f"{path}: the array {name} is {kind}, which would read data from outside this file; refusing it"
+        )
+
+
 def check_h5_dataset(dataset: Any, path: Path) -> None:
     """Refuse a dataset whose values live in another file (external storage or a virtual dataset)."""
-    if dataset.is_virtual or dataset.external:
-        kind = "a virtual dataset" if dataset.is_virtual else "stored in external files"
-        raise UnsafeCheckpointError(
-            f"{path}: the array {dataset.name} is {kind}, which would read data from outside this file; refusing it"
-        )
+    _refuse_outside_storage(dataset.name, *_storage(dataset.id), path)
 
 
 def check_h5_self_contained(handle: Any, path: Path) -> None:
@@ -305,19 +316,22 @@ def check_h5_self_contained(handle: Any, path: Path) -> None:
             )
         return True if problems else None
 
-    def visit_object(name: str, item: Any) -> bool | None:
-        if isinstance(item, h5py.Dataset):
+    def visit_object(name: bytes, info: Any) -> bool | None:
+        if info.type == h5py.h5o.TYPE_DATASET:
             try:
-                check_h5_dataset(item, path)
+                layout, external = _storage(h5py.h5d.open(handle.id, name))
+                _refuse_outside_storage("/" + name.decode("utf8", "replace"), layout, external, path)
             except CheckpointError as error:
                 problems.append(error)
         return True if problems else None
 
     # Every link first, by the low-level walk (h5py's visititems_links looks each one up by name):
-    # then the object walk, which follows hard links only, never leaves the file.
+    # then the object walk, which follows hard links only, never leaves the file. Both stay at
+    # HDF5's level: h5py's visititems makes a high-level object per name (0.10 s against 0.04 s
+    # on regnet-y-320's 407 datasets).
     handle.id.links.visit(visit_link, info=True)
     if not problems:
-        handle.visititems(visit_object)  # each object once, handed over without a lookup by name
+        h5py.h5o.visit(handle.id, visit_object, info=True)  # each object once
     if problems:
         raise problems[0]
 
@@ -376,11 +390,12 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
     problem = shape_problem(list(shape), dtype)
     if problem:
         raise CheckpointError(f"{source} in {path}: {problem}")
-    check_h5_dataset(dataset, path)
-    _check_h5_storage(dataset, path, source, shape, dtype)
-    offset = _contiguous_offset(dataset)
+    layout, external = _storage(dataset.id)
+    _refuse_outside_storage(address, layout, external, path)
+    _check_h5_storage(dataset, path, source, shape, dtype, layout)
+    offset = _contiguous_offset(dataset, layout, external)
     if offset is not None:  # plain bytes at a known place: read them as safetensors' are, without HDF5
-        raw_dtype = np.dtype("<u2") if dtype == "bfloat16" else dataset.dtype
+        raw_dtype = np.dtype("<u2") if dtype == "bfloat16" else dataset.id.dtype
 
         def stored() -> np.ndarray:
             raw = file_values(path, offset, shape, raw_dtype, source)
@@ -402,9 +417,10 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
     return LazyTensor(shape, dtype, load, f"{source} in {path}")
 
 
-def _contiguous_offset(dataset: Any) -> int | None:
+def _contiguous_offset(dataset: Any, layout: int, external: int) -> int | None:
     """Where a contiguous, unfiltered dataset's bytes start in its file (None for chunked, compact or empty data)."""
-    if dataset.chunks is not None or dataset.external or dataset.dtype.kind not in "fV":
+    h5py = require_h5py()
+    if layout != h5py.h5d.CONTIGUOUS or external or dataset.id.dtype.kind not in "fV":
         return None
     try:
         offset = dataset.id.get_offset()
@@ -413,10 +429,10 @@ def _contiguous_offset(dataset: Any) -> int | None:
     return None if offset is None or offset < 0 else int(offset)
 
 
-def _check_h5_storage(dataset: Any, path: Path, source: str, shape: tuple[int, ...], dtype: str) -> None:
+def _check_h5_storage(dataset: Any, path: Path, source: str, shape: tuple[int, ...], dtype: str, layout: int) -> None:
     """Refuse a plain (contiguous, unfiltered) dataset whose stored bytes are not what its shape and dtype need."""
     declared = math.prod(shape) * itemsize(dtype)
-    if dataset.chunks is not None or not declared:
+    if layout == require_h5py().h5d.CHUNKED or not declared:
         return  # chunked (possibly compressed) data: h5py checks each chunk as it is read
     stored = dataset.id.get_storage_size()
     if stored != declared:
