@@ -275,6 +275,11 @@ def from_storage(raw: np.ndarray, dtype: str) -> np.ndarray:
     return bfloat16_bits_to_float32(raw) if dtype == "bfloat16" else raw
 
 
+def stored_numpy_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype of a dtype's stored form (uint16 bit patterns for bfloat16)."""
+    return np.dtype(np.uint16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
 def to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
     """Stored form of values in a dtype: bfloat16 as uint16 bit patterns, others as numpy arrays."""
     if dtype == "bfloat16":
@@ -460,78 +465,124 @@ class Prefetcher:
     to them first: reading, transposing and casting the next tensors overlaps with writing
     the current one (file reads, numpy copies and writes release the GIL). Tensors are
     prefetched in the mapping's order while the bytes waiting for their consumer stay
-    within ``budget``; a tensor larger than the budget, or asked for out of order, is loaded
-    by its consumer as usual, so memory stays bounded by the budget plus what the consumer holds.
+    within ``budget``. A tensor larger than the budget is prefetched piece by piece (its
+    ``iter_stored`` pieces, 64 MB for the layout moves), the thread staying at most a budget
+    ahead of the consumer. A tensor asked for out of order is loaded by its consumer as
+    usual, so memory stays bounded by the budget, one piece, and what the consumer holds.
     """
 
     def __init__(self, tensors: Mapping[str, LazyTensor], budget: int = 256 * 2**20) -> None:
-        import threading
+        import collections
 
         self._tensors = dict(tensors)
         self._order = list(self._tensors)
         self._budget = budget
-        self._ready: dict[str, Any] = {}  # name -> stored values, or the exception loading raised
-        self._claimed: set[str] = set()
-        self._in_flight: str | None = None
+        self._pieces: dict[str, collections.deque[np.ndarray]] = {}  # started by the thread, not yet taken
+        self._finished: dict[str, BaseException | None] = {}  # the thread is done with it (and how)
+        self._claimed: set[str] = set()  # the consumer has asked for it
         self._waiting_bytes = 0
         self._condition = threading.Condition()
         self._closed = False
+        self._deque = collections.deque
         self._thread = threading.Thread(target=self._run, name="regnet-prefetch", daemon=True)
         self._thread.start()
+
+    def _wait_for_room(self, size: int) -> bool:
+        """Wait (holding the condition) until ``size`` more bytes fit, or nothing waits; False once closed."""
+        while not self._closed and self._waiting_bytes and self._waiting_bytes + size > self._budget:
+            self._condition.wait()
+        return not self._closed
+
+    def _put(self, name: str, piece: np.ndarray) -> None:
+        with self._condition:
+            self._pieces[name].append(piece)
+            self._waiting_bytes += piece.nbytes
+            self._condition.notify_all()
 
     def _run(self) -> None:
         for name in self._order:
             tensor = self._tensors[name]
             size = tensor.nbytes
             with self._condition:
-                if size > self._budget:
-                    continue
-                while not self._closed and self._waiting_bytes + size > self._budget:
-                    self._condition.wait()
-                if self._closed:
+                if not self._wait_for_room(min(size, self._budget)):
                     return
                 if name in self._claimed:
                     continue
-                self._in_flight = name
+                self._pieces[name] = self._deque()
+            outcome: BaseException | None = None
             try:
-                result: Any = tensor.load_stored()
+                if size <= self._budget:
+                    self._put(name, tensor.load_stored())
+                else:
+                    for piece in tensor.iter_stored():
+                        self._put(name, piece)
+                        del piece
+                        with self._condition:
+                            if not self._wait_for_room(0):
+                                return
             except BaseException as error:  # handed to the consumer, which raises it
-                result = error
+                outcome = error.with_traceback(None) if isinstance(error, Exception) else error
             with self._condition:
-                self._in_flight = None
-                if name in self._claimed:  # the consumer gave up waiting and loaded it itself
-                    self._condition.notify_all()
-                    continue
-                self._ready[name] = result
-                self._waiting_bytes += size
+                self._finished[name] = outcome
                 self._condition.notify_all()
+
+    def _take(self, name: str) -> Iterator[np.ndarray]:
+        """The pieces the thread makes of a tensor it started, as they come."""
+        while True:
+            with self._condition:
+                while True:
+                    if self._closed:
+                        raise RuntimeError("the prefetcher was closed while a tensor was being read")
+                    queue = self._pieces[name]
+                    if queue:
+                        piece = queue.popleft()
+                        self._waiting_bytes -= piece.nbytes
+                        self._condition.notify_all()
+                        break
+                    if name in self._finished:
+                        error = self._finished.pop(name)
+                        del self._pieces[name]
+                        if error is not None:
+                            raise error
+                        return
+                    self._condition.wait()
+            yield piece
+            del piece
+
+    def _started(self, name: str) -> bool:
+        """Claim a tensor for the consumer; True when the thread has started it (its pieces come from there)."""
+        with self._condition:
+            self._claimed.add(name)
+            return name in self._pieces
 
     def stored(self, name: str) -> np.ndarray:
         """A tensor's stored values: prefetched if the thread got there, else loaded now."""
-        with self._condition:
-            while self._in_flight == name and name not in self._ready:
-                self._condition.wait()
-            if name in self._ready:
-                result = self._ready.pop(name)
-                self._waiting_bytes -= self._tensors[name].nbytes
-                self._claimed.add(name)
-                self._condition.notify_all()
-                if isinstance(result, BaseException):
-                    raise result
-                return result
-            self._claimed.add(name)
-        return self._tensors[name].load_stored()
+        tensor = self._tensors[name]
+        if not self._started(name):
+            return tensor.load_stored()
+        pieces = list(self._take(name)) if tensor.nbytes <= self._budget else None
+        if pieces is not None and len(pieces) == 1:
+            return pieces[0]
+        # A tensor streamed in pieces, wanted whole (a cast, say): joined as the pieces come.
+        raw = np.empty(tensor.size, stored_numpy_dtype(tensor.dtype))
+        flat = raw.view(np.uint8)
+        filled = 0
+        for piece in pieces if pieces is not None else self._take(name):
+            data = np.ascontiguousarray(piece).reshape(-1).view(np.uint8)
+            if filled + data.size > flat.size:
+                raise TensorError(f"{tensor.source or name}: its pieces hold more than {tensor.size} values")
+            flat[filled : filled + data.size] = data
+            filled += data.size
+        if filled != flat.size:
+            raise TensorError(f"{tensor.source or name}: expected {tensor.size} values, the pieces held fewer")
+        return raw.reshape(tensor.shape)
 
     def blocks(self, name: str) -> Iterator[np.ndarray]:
-        """A tensor's stored values in pieces: the prefetched array, else the tensor's own pieces."""
-        with self._condition:
-            waiting = self._in_flight == name or name in self._ready
-        if waiting:
-            yield self.stored(name)
-            return
-        with self._condition:
-            self._claimed.add(name)
-        yield from self._tensors[name].iter_stored()
+        """A tensor's stored values in pieces: those the thread read ahead, else the tensor's own pieces."""
+        if self._started(name):
+            yield from self._take(name)
+        else:
+            yield from self._tensors[name].iter_stored()
 
     def wrap(self) -> dict[str, LazyTensor]:
         """The tensors, as LazyTensors served by this prefetcher."""
@@ -554,7 +605,7 @@ class Prefetcher:
         """Stop prefetching and drop what is waiting."""
         with self._condition:
             self._closed = True
-            self._ready.clear()
+            self._pieces.clear()
             self._waiting_bytes = 0
             self._condition.notify_all()
         self._thread.join(timeout=60)
