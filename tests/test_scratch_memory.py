@@ -192,3 +192,14 @@ def test_conversions_with_mapped_multi_megabyte_tensors_round_trip_bit_exact(tmp
     assert set(returned) == set(original)
     for name, tensor in original.items():
         assert np.array_equal(returned[name].load(), tensor.load()), name
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_bfloat16_check_finds_bad_values_by_their_exponent(bad):
+    from regnet_core.tensors import check_finite_stored, float32_to_bfloat16_bits
+
+    bits = float32_to_bfloat16_bits(np.random.default_rng(3).standard_normal(3_000_000).astype(np.float32))
+    check_finite_stored("fine", bits, "bfloat16")
+    bits[[7, 2_500_000]] = float32_to_bfloat16_bits(np.array([bad, bad], np.float32))
+    with pytest.raises(TensorError, match="w holds 2 non-finite"):
+        check_finite_stored("w", bits, "bfloat16")
