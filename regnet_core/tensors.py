@@ -506,7 +506,9 @@ class Prefetcher:
             tensor = self._tensors[name]
             size = tensor.nbytes
             with self._condition:
-                if not self._wait_for_room(min(size, self._budget)):
+                # A whole tensor starts when it fits beside what waits; a streamed one once half the
+                # budget is free (tensors a writer takes late, such as Flax's batch_stats, may wait long).
+                if not self._wait_for_room(size if size <= self._budget else self._budget // 2):
                     return
                 if name in self._claimed:
                     continue

@@ -8,8 +8,6 @@ therefore already canonical. Backends map this table to their own names and layo
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,72 +53,24 @@ def channels_last_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
     return tuple(shape) if axes is None else tuple(shape[axis] for axis in axes)
 
 
-_BLOCK = 64  # tile edge of the cache-friendly transpose (measured fastest on the 2-core CPUs here)
-# (source rows, source columns) of one tile by value size: wide tiles cost fewer numpy calls
-# and measured 20 to 70% faster than 64 x 64 on the AMD EPYC here (float32 and bfloat16).
+# (source rows, source columns) of one transpose tile by value size: wide tiles cost fewer numpy
+# calls and measured 20 to 70% faster than 64 x 64 on the AMD EPYC here (float32 and bfloat16).
+# One thread: splitting a transpose over two measured no faster on regnet-y-320's tensors and
+# twice as slow on the 10B model's (47 s against 91 s), the threads contending for memory.
 _TILES = {2: (128, 256), 4: (64, 512)}
+_TILE = (64, 64)  # other value sizes
 _BLOCKED_FROM = 1 << 20  # values; smaller arrays transpose fast enough in one numpy call
-_PARALLEL_FROM = 1 << 21  # values; larger transposes are shared between threads
-_MAX_THREADS = 4  # the transpose is bound by memory beyond a few cores
-
-_workers: Any = None
-_workers_lock = threading.Lock()
-
-
-def _reset_workers() -> None:
-    global _workers
-    _workers = None  # a forked child has none of the parent's threads
-
-
-os.register_at_fork(after_in_child=_reset_workers)
-
-
-def _transpose_threads() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, _MAX_THREADS))
-
-
-def _worker_pool() -> Any:
-    global _workers
-    with _workers_lock:
-        if _workers is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _workers = ThreadPoolExecutor(_transpose_threads() - 1, thread_name_prefix="regnet-transpose")
-        return _workers
-
-
-def _transpose_tiles(matrix: np.ndarray, out: np.ndarray, first: int, stop: int) -> None:
-    rows = matrix.shape[0]
-    tile_rows, tile_columns = _TILES.get(matrix.itemsize, (_BLOCK, _BLOCK))
-    for column in range(first, stop, tile_columns):
-        end = min(column + tile_columns, stop)
-        for row in range(0, rows, tile_rows):
-            out[column:end, row : row + tile_rows] = matrix[row : row + tile_rows, column:end].T
 
 
 def _transpose_into(matrix: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = matrix.T`` tile by tile (about 2x numpy's copy), on several threads for large ones.
-
-    numpy releases the GIL while it copies a tile, so the threads run at once.
-    """
+    """``out[...] = matrix.T``, tile by tile (about 2x numpy's copy of a transposed view)."""
     rows, columns = matrix.shape
-    threads = _transpose_threads() if matrix.size >= _PARALLEL_FROM else 1
-    if threads == 1:
-        _transpose_tiles(matrix, out, 0, columns)
-        return
-    step = -(-columns // threads // 512) * 512
-    pieces = [(start, min(start + step, columns)) for start in range(0, columns, step)]
-    pool = _worker_pool()
-    futures = [pool.submit(_transpose_tiles, matrix, out, start, stop) for start, stop in pieces[1:]]
-    try:
-        _transpose_tiles(matrix, out, *pieces[0])
-    finally:
-        for future in futures:
-            future.result()
+    tile_rows, tile_columns = _TILES.get(matrix.itemsize, _TILE)
+    for column in range(0, columns, tile_columns):
+        for row in range(0, rows, tile_rows):
+            out[column : column + tile_columns, row : row + tile_rows] = matrix[
+                row : row + tile_rows, column : column + tile_columns
+            ].T
 
 
 def _transposed(matrix: np.ndarray) -> np.ndarray:
