@@ -141,3 +141,22 @@ def test_closing_stops_a_thread_waiting_for_room_even_with_a_stream_left_half_re
     assert not prefetcher._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         next(pieces)
+
+
+def test_a_large_tensor_is_read_ahead_while_a_tensor_the_writer_takes_late_waits():
+    """Flax writes batch_stats last: a waiting small tensor must not keep the next large one from starting."""
+    source = Source()
+    late = _values(5, (10, 10))  # 400 bytes, taken last
+    big = _values(6, (40, 100))  # 40 pieces of 400 bytes
+    prefetcher = Prefetcher({"late": source.whole("late", late), "big": source.pieces("big", big, 1)}, budget=4000)
+    try:
+        time.sleep(0.2)
+        with source.lock:
+            made_before_asked = source.made
+        wrapped = prefetcher.wrap()
+        assert np.array_equal(np.concatenate(list(wrapped["big"].iter_stored())), big)
+        assert np.array_equal(wrapped["late"].load(), late)
+    finally:
+        prefetcher.close()
+    assert made_before_asked >= 2
+    assert source.loads == {"late": 1, "big": 1}
