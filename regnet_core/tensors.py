@@ -8,6 +8,7 @@ being filled). numpy has no bfloat16, so bfloat16 values are widened to float32 
 
 from __future__ import annotations
 
+import collections
 import math
 import mmap
 import os
@@ -474,8 +475,6 @@ class Prefetcher:
     """
 
     def __init__(self, tensors: Mapping[str, LazyTensor], budget: int = 256 * 2**20) -> None:
-        import collections
-
         self._tensors = dict(tensors)
         self._order = list(self._tensors)
         self._budget = budget
@@ -485,7 +484,6 @@ class Prefetcher:
         self._waiting_bytes = 0
         self._condition = threading.Condition()
         self._closed = False
-        self._deque = collections.deque
         self._thread = threading.Thread(target=self._run, name="regnet-prefetch", daemon=True)
         self._thread.start()
 
@@ -512,7 +510,7 @@ class Prefetcher:
                     return
                 if name in self._claimed:
                     continue
-                self._pieces[name] = self._deque()
+                self._pieces[name] = collections.deque()
             outcome: BaseException | None = None
             try:
                 if size <= self._budget:
