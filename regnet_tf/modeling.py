@@ -45,11 +45,14 @@ from regnet_core.config import RegNetConfig, reject_keywords, require_config
 from regnet_core.convert import load_pretrained
 from regnet_core.outputs import (
     CROSS_ENTROPY,
+    IGNORE_INDEX,
     MSE,
     ModelOutput,
     check_class_targets,
     check_pixel_values,
     choose_loss,
+    labels_are_integers,
+    resolve_problem_type,
 )
 from regnet_core.resources import check_memory
 from regnet_core.rules import (
@@ -1005,6 +1008,71 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
         return labels_loss(logits, labels, self.config.num_labels, self.config.problem_type)
 
     # -------------------------------------------------------------- Keras training hooks
+    def fit(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Keras ``fit``; single-label targets are checked before they reach a step.
+
+        Compiled with XLA (``jit_compile``), a target out of range would give a NaN loss and no
+        error. Arrays are checked at once (LabelsError); a ``tf.data`` dataset of ``(x, y, ...)``
+        checks each batch as it is read (InvalidArgumentError naming the range and the values).
+        Only for the config's labels loss: a compiled Keras loss keeps its own rules.
+        """
+        x, y = self._checked_targets(x, y)
+        if "validation_data" in kwargs:
+            kwargs["validation_data"] = self._checked_validation(kwargs["validation_data"])
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Keras ``evaluate``, with single-label targets checked as ``fit`` checks them."""
+        x, y = self._checked_targets(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _single_label(self, dtype_name: str) -> bool:
+        if getattr(self, "loss", None) is not None or self.config.num_labels < 1:
+            return False
+        try:
+            kind = resolve_problem_type(
+                self.config.problem_type, self.config.num_labels, labels_are_integers(dtype_name)
+            )
+        except ValueError:  # the loss names the misfit when it runs
+            return False
+        return kind == "single_label_classification"
+
+    def _checked_targets(self, x: Any, y: Any) -> tuple[Any, Any]:
+        if y is not None:
+            if isinstance(y, (np.ndarray, list)) or (tf.is_tensor(y) and tf.executing_eagerly()):
+                values = np.asarray(y)
+                if self._single_label(values.dtype.name):
+                    check_class_targets(values, self.config.num_labels)
+            return x, y
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            if (
+                isinstance(spec, tuple)
+                and len(spec) >= 2
+                and isinstance(spec[1], tf.TensorSpec)
+                and self._single_label(spec[1].dtype.name)
+            ):
+                x = x.map(self._assert_targets)
+        return x, y
+
+    def _checked_validation(self, data: Any) -> Any:
+        if isinstance(data, tuple) and len(data) >= 2:
+            self._checked_targets(data[0], data[1])
+            return data
+        return self._checked_targets(data, None)[0]
+
+    def _assert_targets(self, *element: Any) -> tuple[Any, ...]:
+        labels, count = element[1], self.config.num_labels
+        bad = tf.logical_and(tf.not_equal(labels, IGNORE_INDEX), tf.logical_or(labels < 0, labels >= count))
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)),
+            [f"single-label targets must be in [0, {count}) or {IGNORE_INDEX}, got", tf.boolean_mask(labels, bad)],
+            summarize=5,
+        )
+        with tf.control_dependencies([check]):
+            labels = tf.identity(labels)
+        return (element[0], labels, *element[2:])
+
     @staticmethod
     def _logits(y_pred: Any) -> Any:
         return y_pred["logits"] if isinstance(y_pred, dict) else y_pred

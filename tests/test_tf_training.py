@@ -183,3 +183,27 @@ def test_grouped_convolutions_train_without_onednn(monkeypatch):
     np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-6)
     for got, want in zip(gradients, expected, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_targets_out_of_range_are_refused_by_fit_and_evaluate_even_under_xla(jit_compile):
+    """Under XLA TensorFlow gives a NaN loss for such a target, and no error: fit checks first."""
+    from regnet_core.errors import LabelsError
+
+    _, model = _model(num_labels=4)
+    images, labels = _task()
+    labels = labels.copy()
+    labels[3] = 7
+    model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile)
+    with pytest.raises(LabelsError, match=r"must be in \[0, 4\) or -100, got \[7\]"):
+        model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(LabelsError, match=r"got \[7\]"):
+        model.fit(images, labels % 4, batch_size=8, epochs=1, verbose=0, validation_data=(images, labels))
+    with pytest.raises(LabelsError, match=r"got \[7\]"):
+        model.evaluate(images, labels, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be in \[0, 4\) or -100, got\] \[7\]"):
+        model.fit(dataset, epochs=1, verbose=0)
+    ignored = np.where(labels == 7, -100, labels)  # the ignored index passes
+    history = model.fit(tf.data.Dataset.from_tensor_slices((images, ignored)).batch(8), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
