@@ -381,6 +381,16 @@ class _StagedWriter:
         self._fill = 0
         self._raise_pending()
 
+    def _close(self, last: Callable[[], None]) -> None:
+        """Hand over the partly filled buffer (unless something failed), wait for the thread, then run ``last``."""
+        if self._fd is None:
+            return
+        try:
+            if not self._broken and self._error is None:
+                self._submit()
+        finally:
+            self._finish(last)
+
     def _finish(self, last: Callable[[], None]) -> None:
         """Wait for the thread, then run ``last`` (unless something failed); close everything whatever happens."""
         if self._fd is None:
@@ -440,10 +450,8 @@ class DirectWriter(_StagedWriter):
             padded = -(-self._fill // _DIRECT_ALIGN) * _DIRECT_ALIGN
             self._views[self._current][self._fill : padded] = bytes(padded - self._fill)
             self._extents[-1][2] += padded - self._fill
-            self._pending.put((self._current, self._extents))
-            self._current = self._free.get()
-            self._extents, self._fill = [], 0
-        self._finish(lambda: os.ftruncate(self._fd, self._total))  # type: ignore[arg-type]
+            self._fill = padded
+        self._close(lambda: os.ftruncate(self._fd, self._total))  # type: ignore[arg-type]
 
     def __enter__(self) -> DirectWriter:
         return self
@@ -524,12 +532,7 @@ class PositionalWriter:
         """Wait for the staged writes; raises their error."""
         try:
             if self._staged is not None:
-                staged = self._staged
-                try:
-                    if not staged._broken and staged._error is None and staged._fd is not None:
-                        staged._submit()  # the last, partly filled buffer
-                finally:
-                    staged._finish(self._write_ends)  # the unaligned ends, once the direct writes are done
+                self._staged._close(self._write_ends)  # the unaligned ends, once the direct writes are done
         finally:
             if self._plain >= 0:
                 os.close(self._plain)
