@@ -314,8 +314,7 @@ def _stored_loader(path: Path, pieces: list[_Array], shape: tuple[int, ...], dty
     def load() -> np.ndarray:
         size = int(np.prod(shape, dtype=np.int64))
         if len(pieces) == 1:  # one run of bytes: mapped where large, as safetensors' are
-            raw = file_values(path, pieces[0].offset, (size,), _raw_dtype(dtype), "an array")
-            return raw.astype(raw.dtype.newbyteorder("="), copy=False).reshape(shape)
+            return file_values(path, pieces[0].offset, (size,), _raw_dtype(dtype), "an array").reshape(shape)
         raw = scratch_empty((size,), _raw_dtype(dtype))
         start = 0
         for piece in pieces:

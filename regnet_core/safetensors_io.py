@@ -136,8 +136,7 @@ def _reader(
     path: Path, start: int, begin: int, end: int, dtype: str, shape: tuple[int, ...]
 ) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        raw = file_values(path, start + begin, shape, _raw_dtype(dtype))
-        return raw.astype(raw.dtype.newbyteorder("="), copy=False)
+        return file_values(path, start + begin, shape, _raw_dtype(dtype))
 
     return load
 

@@ -102,7 +102,7 @@ MAP_FROM = 1 << 20  # bytes; larger tensors are mapped from their file rather th
 
 
 def file_values(path: Any, offset: int, shape: tuple[int, ...], dtype: Any, what: str = "a tensor") -> np.ndarray:
-    """A tensor's raw values at ``offset`` in a file: mapped (copy-on-write) when large, read when small.
+    """A tensor's values at ``offset`` in a file, in native byte order: mapped (copy-on-write) when large, read when small.
 
     A large tensor is mapped rather than read: a transpose or a writer then takes its bytes
     straight from the page cache, with no copy into fresh memory first. The map is private
@@ -114,7 +114,7 @@ def file_values(path: Any, offset: int, shape: tuple[int, ...], dtype: Any, what
     if nbytes < MAP_FROM:
         values = scratch_empty(shape, dtype)
         read_into(path, offset, values, what)
-        return values
+        return values.astype(dtype.newbyteorder("="), copy=False)
     try:
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -126,7 +126,8 @@ def file_values(path: Any, offset: int, shape: tuple[int, ...], dtype: Any, what
         raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
     if hasattr(mapped, "madvise"):  # start reading from the disk now, ahead of the first use
         mapped.madvise(mmap.MADV_WILLNEED)
-    return np.frombuffer(mapped, dtype, math.prod(shape), offset - start).reshape(shape)
+    values = np.frombuffer(mapped, dtype, math.prod(shape), offset - start).reshape(shape)
+    return values.astype(dtype.newbyteorder("="), copy=False)  # a copy only for foreign byte order
 
 
 def _anonymous_map(nbytes: int) -> mmap.mmap:

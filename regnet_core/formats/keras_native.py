@@ -398,8 +398,7 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
         raw_dtype = np.dtype("<u2") if dtype == "bfloat16" else dataset.id.dtype
 
         def stored() -> np.ndarray:
-            raw = file_values(path, offset, shape, raw_dtype, source)
-            return raw.astype(raw.dtype.newbyteorder("="), copy=False)
+            return file_values(path, offset, shape, raw_dtype, source)
 
         return LazyTensor(shape, dtype, lambda: from_storage(stored(), dtype), f"{source} in {path}", stored)
 
