@@ -139,11 +139,14 @@ def choose_loss(
     return LossChoice(resolved, BCE_WITH_LOGITS)
 
 
+def class_targets_rule(num_labels: int) -> str:
+    """What single-label targets must be, as errors say it (framework checks in graphs use it too)."""
+    return f"single-label targets must be in [0, {num_labels}) or {IGNORE_INDEX}"
+
+
 def check_class_targets(targets: Any, num_labels: int) -> None:
     """Raise LabelsError unless every single-label target is in [0, num_labels) or IGNORE_INDEX."""
     values = np.asarray(targets)
     bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= num_labels))]
     if bad.size:
-        raise LabelsError(
-            f"single-label targets must be in [0, {num_labels}) or {IGNORE_INDEX}, got {bad[:5].tolist()}"
-        )
+        raise LabelsError(f"{class_targets_rule(num_labels)}, got {bad[:5].tolist()}")

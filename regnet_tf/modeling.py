@@ -51,6 +51,7 @@ from regnet_core.outputs import (
     check_class_targets,
     check_pixel_values,
     choose_loss,
+    class_targets_rule,
     labels_are_integers,
     resolve_problem_type,
 )
@@ -1066,7 +1067,7 @@ class RegNetForImageClassification(RegNetPreTrainedModel):
         bad = tf.logical_and(tf.not_equal(labels, IGNORE_INDEX), tf.logical_or(labels < 0, labels >= count))
         check = tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(bad)),
-            [f"single-label targets must be in [0, {count}) or {IGNORE_INDEX}, got", tf.boolean_mask(labels, bad)],
+            [f"{class_targets_rule(count)}, got", tf.boolean_mask(labels, bad)],
             summarize=5,
         )
         with tf.control_dependencies([check]):
