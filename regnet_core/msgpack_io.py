@@ -34,6 +34,7 @@ from .errors import CheckpointError
 from .io import open_output_file
 from .tensors import (
     MAX_NDIM,
+    Extent,
     LazyTensor,
     check_finite,
     check_finite_stored,
@@ -329,7 +330,8 @@ def _stored_loader(path: Path, pieces: list[_Array], shape: tuple[int, ...], dty
 
 def _lazy(path: Path, name: str, pieces: list[_Array], shape: tuple[int, ...], dtype: str) -> LazyTensor:
     stored = _stored_loader(path, pieces, shape, dtype)
-    return LazyTensor(shape, dtype, lambda: from_storage(stored(), dtype), f"{name} in {path}", stored)
+    extent = Extent(str(path), pieces[0].offset, pieces[0].nbytes) if len(pieces) == 1 else None
+    return LazyTensor(shape, dtype, lambda: from_storage(stored(), dtype), f"{name} in {path}", stored, extent=extent)
 
 
 def _chunked(parser: _Parser, node: dict[str, Any], name: str) -> tuple[list[_Array], tuple[int, ...], str]:

@@ -22,6 +22,7 @@ import numpy as np
 from .errors import CheckpointError
 from .io import open_output_file
 from .tensors import (
+    Extent,
     LazyTensor,
     check_finite,
     check_finite_stored,
@@ -154,7 +155,8 @@ def open_safetensors(path: str | os.PathLike) -> dict[str, LazyTensor]:
         dtype, shape = CODES[entry["dtype"]], tuple(entry["shape"])
         begin, end = entry["data_offsets"]
         stored = _reader(path, start, begin, end, dtype, shape)
-        out[name] = LazyTensor(shape, dtype, _values(stored, dtype), f"{name} in {path}", stored)
+        extent = Extent(str(path), start + begin, end - begin)
+        out[name] = LazyTensor(shape, dtype, _values(stored, dtype), f"{name} in {path}", stored, extent=extent)
     return out
 
 

@@ -32,6 +32,7 @@ from ..errors import CheckpointError, FormatError, UnsafeCheckpointError
 from ..io import PositionalWriter, direct_io_wanted
 from ..specs import ModelSpec, build_model_spec
 from ..tensors import (
+    Extent,
     LazyTensor,
     check_finite,
     check_finite_stored,
@@ -400,7 +401,10 @@ def h5_tensor(path: Path, dataset: Any, source: str) -> LazyTensor:
         def stored() -> np.ndarray:
             return file_values(path, offset, shape, raw_dtype, source)
 
-        return LazyTensor(shape, dtype, lambda: from_storage(stored(), dtype), f"{source} in {path}", stored)
+        extent = Extent(str(path), offset, math.prod(shape) * raw_dtype.itemsize)
+        return LazyTensor(
+            shape, dtype, lambda: from_storage(stored(), dtype), f"{source} in {path}", stored, extent=extent
+        )
 
     def load() -> np.ndarray:
         with open_h5(path, f"the HDF5 file holding {source}", check=False) as handle:  # the file was checked on open
