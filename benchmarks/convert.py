@@ -109,7 +109,7 @@ def warm(path: Path) -> None:
 
 
 def disk_ceiling(source: Path, scratch: Path) -> dict:
-    """This machine's sequential disk speeds: a cold read of ``source`` and a 2 GB write with fsync."""
+    """This machine's sequential disk speeds: a cold read of ``source``, 2 GB writes, and a cold copy of ``source``."""
     result = {}
     if drop_caches():
         started = time.perf_counter()
@@ -292,6 +292,11 @@ def main() -> None:
             + (
                 f", O_DIRECT write {ceiling['write_direct_gb_per_s']:.2f} GB/s"
                 if "write_direct_gb_per_s" in ceiling
+                else ""
+            )
+            + (
+                f", cold copy (read and O_DIRECT write at once) {ceiling['cold_copy_gb_per_s']:.2f} GB/s"
+                if "cold_copy_gb_per_s" in ceiling
                 else ""
             )
         )
