@@ -211,8 +211,14 @@ class ScratchPool:
                     self._free_bytes -= len(buffer)
                     self.reused += 1
                     break
+            used = -(-nbytes // self.MIN_BYTES) * self.MIN_BYTES
             if buffer is None:
-                buffer = _anonymous_map(-(-nbytes // self.MIN_BYTES) * self.MIN_BYTES)
+                buffer = _anonymous_map(used)
+            elif len(buffer) > used and hasattr(buffer, "madvise"):
+                # The pages past what this use asks for go back to the system: a buffer lent again
+                # for a smaller tensor holds no more memory than that tensor (the 10B model's 64 MB
+                # pieces took its 247 MB transposes' buffers, and peak RSS rose by their difference).
+                buffer.madvise(mmap.MADV_DONTNEED, used, len(buffer) - used)
             self._lent.append(buffer)
         return np.frombuffer(buffer, np.uint8, nbytes).view(dtype).reshape(shape)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,30 @@ def test_a_buffer_is_lent_again_only_once_nothing_refers_to_it():
     del exported, second, fourth
     pool.empty((MB // 2,), np.float64)
     assert pool.reused == 2
+
+
+def _anonymous_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("this system shows no RssAnon in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+def test_a_buffer_lent_again_for_less_gives_back_the_pages_it_does_not_need():
+    pool = ScratchPool(limit=256 * MB)
+    big = pool.empty((64 * MB,), np.uint8)
+    big[:] = 1  # every page resident
+    del big
+    before = _anonymous_rss()
+    small = pool.empty((16 * MB,), np.uint8)
+    assert pool.reused == 1
+    assert before - _anonymous_rss() >= 40 * MB  # the last 48 MB went back
+    small[:] = 2
+    del small
+    again = pool.empty((64 * MB,), np.uint8)  # the whole buffer once more: the pages given back read as zeros
+    assert pool.reused == 2
+    assert np.all(again[: 16 * MB] == 2) and not again[16 * MB :].any()
 
 
 def test_kept_results_are_never_overwritten_by_later_requests():
