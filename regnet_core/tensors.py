@@ -486,6 +486,18 @@ READ_AHEAD = 512 * 2**20  # bytes of source a Prefetcher brings into the page ca
 _READ_CHUNK = 8 * 2**20
 
 
+def _cached(fd: int, start: int, end: int, probe: memoryview) -> bool:
+    """Whether the first and last pages of bytes [start, end) of a file are in the page cache (asked without waiting)."""
+    for at in (start, max(start, end - len(probe))):
+        wanted = min(len(probe), end - at)
+        try:
+            if os.preadv(fd, [probe[:wanted]], at, os.RWF_NOWAIT) < wanted:
+                return False
+        except BlockingIOError:
+            return False
+    return True
+
+
 def _read_into_cache(fd: int, buffer: memoryview, start: int, end: int) -> bool:
     """Read bytes [start, end) of a file (at most ``len(buffer)``) through ``buffer``; False at the file's end.
 
@@ -518,8 +530,11 @@ class Prefetcher:
     cache (not into this process's memory), 8 MB at a time through one buffer. A transpose of
     a mapped tensor reads it across its rows; from a cold cache those page faults read the
     disk at a fraction of its speed (150 to 300 MB/s here), while this thread reads it in
-    order. A warm source costs this thread a copy of each byte, on a core the conversion
-    leaves partly idle.
+    order. Ranges already cached are skipped (their first and last pages asked for with
+    ``RWF_NOWAIT``), so a warm source costs two small reads per 8 MB, not a copy. Once one
+    piece of a tensor had to be read, the rest of it is read without asking: the kernel's
+    own read-ahead makes the next piece's ends look cached before its middle is (asking
+    made cold 10B -> flax 10 to 20% slower).
     """
 
     def __init__(
@@ -543,23 +558,25 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._run, name="regnet-prefetch", daemon=True)
         self._thread.start()
         self._reader: threading.Thread | None = None
-        if read_ahead > 0 and self._extent_starts[-1] and hasattr(os, "preadv"):
+        if read_ahead > 0 and self._extent_starts[-1] and hasattr(os, "RWF_NOWAIT"):
             self._reader = threading.Thread(target=self._read_files_ahead, name="regnet-read-ahead", daemon=True)
             self._reader.start()
 
     @staticmethod
     def _extent_bytes(tensor: LazyTensor) -> int:
-        return tensor.extent.nbytes if tensor.extent is not None else 0
+        """The bytes the read-ahead reads for a tensor: its extent's, when the tensor is mapped (MAP_FROM and more)."""
+        return tensor.extent.nbytes if tensor.extent is not None and tensor.extent.nbytes >= MAP_FROM else 0
 
     def _read_files_ahead(self) -> None:
         """Read each tensor's extent into the page cache, in load order, at most ``read_ahead`` bytes ahead."""
         files: dict[str, int] = {}
         buffer = memoryview(bytearray(_READ_CHUNK))
+        probe = memoryview(bytearray(mmap.PAGESIZE))
         try:
             for index, name in enumerate(self._order):
                 extent = self._tensors[name].extent
-                if extent is None:
-                    continue
+                if extent is None or not self._extent_bytes(self._tensors[name]):
+                    continue  # small tensors are read whole, in order, by their loader
                 with self._condition:
                     while (
                         not self._closed
@@ -570,11 +587,14 @@ class Prefetcher:
                         return
                 if extent.path not in files:
                     files[extent.path] = os.open(extent.path, os.O_RDONLY)
-                end = extent.offset + extent.nbytes
+                fd, end = files[extent.path], extent.offset + extent.nbytes
+                cold = False  # once a piece had to be read, the rest of the extent is read without asking
                 for start in range(extent.offset, end, len(buffer)):
-                    if self._closed or not _read_into_cache(
-                        files[extent.path], buffer, start, min(start + len(buffer), end)
-                    ):
+                    stop = min(start + len(buffer), end)
+                    if self._closed:
+                        return
+                    cold = cold or not _cached(fd, start, stop, probe)
+                    if cold and not _read_into_cache(fd, buffer, start, stop):
                         break
         except OSError:
             return  # only an optimisation: the loader reads these bytes itself and reports what is wrong
