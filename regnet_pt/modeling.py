@@ -47,6 +47,7 @@ from regnet_core.rules import (
     SIGMOID,
     SILU,
     TANH,
+    subsample_before_convolving,
 )
 from regnet_core.rules import activation_function as activation_kind
 from regnet_core.specs import BlockSpec, ModelSpec, build_model_spec
@@ -76,6 +77,22 @@ def _init_classifier(linear: nn.Linear) -> None:
     linear.bias.fill_(CLASSIFIER_BIAS)
 
 
+class SubsampledPointwiseConv2d(nn.Conv2d):
+    """A strided 1x1 convolution computed as every stride-th pixel convolved at stride 1 (same weights, same values).
+
+    Used below ``rules.SUBSAMPLED_POINTWISE_BELOW_CHANNELS`` input channels, where oneDNN's
+    own strided path corrupts memory in the backward pass (see regnet_core.rules).
+    """
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return self.convolve(hidden_state, self.weight, self.bias)
+
+    def convolve(self, hidden_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Convolve with ``weight`` and ``bias`` (this layer's or folded ones)."""
+        rows, columns = self.stride
+        return F.conv2d(hidden_state[:, :, ::rows, ::columns], weight, bias, 1, 0, self.dilation, self.groups)
+
+
 class ConvNormAct(nn.Module):
     """Conv (symmetric k // 2 padding, no bias), BatchNorm, optional activation."""
 
@@ -91,7 +108,10 @@ class ConvNormAct(nn.Module):
     ) -> None:
         super().__init__()
         eps, momentum = (spec.bn_eps, spec.bn_momentum) if spec is not None else (1e-5, 0.1)
-        self.convolution = nn.Conv2d(
+        conv_class = (
+            SubsampledPointwiseConv2d if subsample_before_convolving(kernel_size, stride, in_channels) else nn.Conv2d
+        )
+        self.convolution = conv_class(
             in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
         )
         self.normalization = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
@@ -113,6 +133,8 @@ class ConvNormAct(nn.Module):
         # (never when a hook watches the convolution or the BatchNorm: hooks see the modules run).
         weight, bias = self.folded_weight_and_bias()
         conv = self.convolution
+        if isinstance(conv, SubsampledPointwiseConv2d):
+            return self.activation(conv.convolve(hidden_state, weight, bias))
         return self.activation(
             F.conv2d(hidden_state, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         )

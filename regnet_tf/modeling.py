@@ -66,6 +66,7 @@ from regnet_core.rules import (
     SIGMOID,
     SILU,
     TANH,
+    subsample_before_convolving,
 )
 from regnet_core.rules import activation_function as activation_kind
 from regnet_core.specs import BlockSpec, ModelSpec, StageSpec, build_model_spec
@@ -182,6 +183,9 @@ class Convolution(keras.layers.Layer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.groups, self.use_bias = kernel_size, stride, groups, use_bias
         self._skip_init = skip_init
+        # A small strided 1x1 convolution takes every stride-th pixel first (oneDNN's strided path
+        # corrupts memory in its backward pass there: see regnet_core.rules).
+        self._subsample = subsample_before_convolving(kernel_size, stride, in_channels)
         pad = kernel_size // 2
         # Symmetric padding as PyTorch: "SAME" would pad (0, 1) at stride 2 on even inputs.
         self._padding = None if pad == 0 else [[0, 0], [pad, pad], [pad, pad], [0, 0]]
@@ -209,10 +213,13 @@ class Convolution(keras.layers.Layer):
         kernel = tf.cast(kernel, inputs.dtype)
         if self._padding is not None:
             inputs = tf.pad(inputs, self._padding)
+        stride = self.stride
+        if self._subsample:
+            inputs, stride = inputs[:, ::stride, ::stride, :], 1
         if self.groups > 1 and not onednn_enabled():
-            outputs = _per_group_conv2d(inputs, kernel, self.groups, self.stride)
+            outputs = _per_group_conv2d(inputs, kernel, self.groups, stride)
         else:
-            outputs = tf.nn.conv2d(inputs, kernel, strides=self.stride, padding="VALID")
+            outputs = tf.nn.conv2d(inputs, kernel, strides=stride, padding="VALID")
         if bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype))
         return outputs
