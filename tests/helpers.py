@@ -35,3 +35,24 @@ def requires(module: str):
     import pytest
 
     return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
+
+
+def tensorflow_onednn_on_avx512() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels on an AVX-512 CPU, where three faults show that we have not fixed.
+
+    Seen on an AVX-512 AMD EPYC with TensorFlow 2.21 (oneDNN on by TensorFlow's own default
+    there), and not with TF_ENABLE_ONEDNN_OPTS=0: a fused convolution + bias + ReLU turns NaN
+    into 0 (reproduced with three TensorFlow ops alone); an empty batch in a compiled fit
+    reaches BatchNorm with the input's channel count; one epoch on digits lowers the held-out
+    loss by 12%, not the 20% the other backends reach (cause not found). The tests of those
+    behaviours record an expected failure there, only when the fault shows (docs/RELIABILITY.md).
+    """
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if " avx512f" not in cpu:
+        return False
+    from regnet_tf.modeling import onednn_enabled
+
+    return onednn_enabled()
