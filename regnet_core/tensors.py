@@ -576,7 +576,7 @@ class Prefetcher:
             for index, name in enumerate(self._order):
                 extent = self._tensors[name].extent
                 if extent is None or not self._extent_bytes(self._tensors[name]):
-                    continue  # small tensors are read whole, in order, by their loader
+                    continue  # no extent, or a small tensor: its loader reads it whole, in order
                 with self._condition:
                     while (
                         not self._closed
