@@ -39,7 +39,7 @@ CLASSIFIER_BIAS = 0.0
 # overruns when the input has fewer channels than its vector block (16 on AVX-512, 8 on AVX2):
 # heap corruption, then a crash or wrong values (oneDNN issue 6035; seen with PyTorch 2.13 and
 # TensorFlow 2.21 on an AVX-512 AMD EPYC, with 8 input channels). Below this many input channels,
-# backends take every stride-th pixel first and convolve at stride 1: the same values, no copy.
+# backends take every stride-th pixel first and convolve at stride 1: the same values.
 SUBSAMPLED_POINTWISE_BELOW_CHANNELS = 16
 
 
