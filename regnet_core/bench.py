@@ -154,6 +154,11 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (avx512f, avx512_bf16, ...); empty where it cannot tell."""
+    return set(_cpuinfo().get("flags", "").split())
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, bfloat16 units and the Python / OS this runs on."""
     cpu = _cpuinfo()

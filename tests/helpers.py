@@ -47,11 +47,9 @@ def tensorflow_onednn_on_avx512() -> bool:
     loss by 12%, not the 20% the other backends reach (cause not found). The tests of those
     behaviours record an expected failure there, only when the fault shows (docs/RELIABILITY.md).
     """
-    try:
-        cpu = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    if " avx512f" not in cpu:
+    from regnet_core.bench import cpu_flags
+
+    if "avx512f" not in cpu_flags():
         return False
     from regnet_tf.modeling import onednn_enabled
 
